@@ -1,0 +1,129 @@
+r"""airbench94 ensembles on CIFAR-10 (Jordan 2024), every hyperparameter in one place.
+
+Variants (``--config=experiments/airbench.py:VARIANT``):
+  (none)  full airbench94: widths 64/256/256, batch 1024, 9.9 epochs, TTA level 2.
+          Meant for an accelerator host.
+  cpu     the README demo: 16 narrow models on a subset, minutes on 2 CPU cores,
+          evaluated on the held-out last 10,000 training images.
+  smoke   seconds; for tests.
+
+Units follow airbench: ``opt.lr`` and ``opt.weight_decay`` are "decoupled" (per
+1024 examples); the SGD step uses lr / (1024 * (1 + 1 / (1 - momentum))).
+
+Example:
+  python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/run
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# The offline copy of CIFAR-10 next to a checkout (see ../shared/data/README.md).
+SHARED_CIFAR10_DIR = '../shared/data/cifar10/cifar-10-batches-bin'
+
+
+def get_config(arg=None):
+  """Returns the config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
+  variant = arg or 'default'
+  if variant not in ('default', 'cpu', 'smoke'):
+    raise ValueError(f"Unknown variant {arg!r} of experiments/airbench.py; "
+                     "choose one of '', 'cpu', 'smoke'.")
+  c = ml_collections.ConfigDict()
+  c.name = 'airbench94'
+  c.variant = variant
+
+  # Ensemble: model k (global id first_model_id + k) draws every random choice
+  # from (seed, id) alone, so any model can be rerun by itself.
+  c.seed = 0
+  c.num_models = 64
+  c.first_model_id = 0
+  c.overwrite = False  # True: discard a finished run in --workdir and start again.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'tfds'  # 'tfds' | 'cifar10_binary'
+  # tfds: TFDS data_dir (None: TFDS default). cifar10_binary: the directory of
+  # data_batch_{1..5}.bin (and test_batch.bin).
+  c.data.dir = config_dict.placeholder(str)
+  c.data.test_split = 'test'  # 'test' | 'holdout' (last holdout_size train images)
+  c.data.holdout_size = 10_000
+  c.data.train_size = config_dict.placeholder(int)  # None: every training image
+  c.data.verify_checksums = True  # cifar10_binary: md5 of the known files
+
+  c.model = ml_collections.ConfigDict()
+  c.model.widths = (64, 256, 256)
+  c.model.whiten_kernel_size = 2
+  c.model.whiten_eps = 5e-4
+  c.model.whiten_num_images = 5000  # first images of the training set
+  c.model.bn_eps = 1e-12
+  c.model.bn_momentum = 0.6  # running = 0.6 * running + 0.4 * batch
+  c.model.head_scale = 1 / 9
+  c.model.gelu_approximate = False  # exact erf GELU, as torch.nn.GELU
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 9.9  # fractional: ceil(epochs * steps_per_epoch) steps
+  c.train.batch_size = 1024  # per model; last partial batch of an epoch dropped
+  c.train.label_smoothing = 0.2
+  c.train.whiten_bias_epochs = 3  # whitening bias trains this long, then freezes
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.lr = 11.5  # per 1024 examples, decoupled (see module docstring)
+  c.opt.weight_decay = 0.0153  # decoupled, same units
+  c.opt.momentum = 0.85  # Nesterov
+  c.opt.bias_lr_scale = 64.0  # BatchNorm biases: 64x lr, not 64x decay
+  c.opt.lr_reference_batch = 1024
+  c.opt.warmup_frac = 0.23  # linear 0.2x -> 1x over the first 23% of steps
+  c.opt.lr_start_factor = 0.2
+  c.opt.lr_end_factor = 0.07  # then linear 1x -> 0.07x
+
+  c.lookahead = ml_collections.ConfigDict()
+  c.lookahead.enabled = True
+  c.lookahead.every_steps = 5
+  c.lookahead.decay = 0.95  # per step; EMA decay = decay**every * (t/T)**power
+  c.lookahead.power = 3
+
+  c.aug = ml_collections.ConfigDict()
+  c.aug.translate = 2  # reflect-pad then random crop, pixels
+  c.aug.flip = 'alternating'  # 'alternating' | 'random' | 'none'
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tta_level = 2  # 0: plain, 1: + mirror, 2: + 1-pixel translations
+  c.eval.batch_size = 1000  # test images per model per evaluation batch
+
+  # Which sources of randomness differ between models (variance study, App. D);
+  # a source not listed is shared by all models.
+  c.randomness = ml_collections.ConfigDict()
+  c.randomness.vary = ('init', 'order', 'augment')
+
+  c.ensemble = ml_collections.ConfigDict()
+  # Models unrolled in one scan iteration of the step; must divide the models
+  # per device. None: chosen automatically from the backend.
+  c.ensemble.models_per_chunk = config_dict.placeholder(int)
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 0  # 0: log once per epoch
+
+  if variant == 'cpu':
+    c.num_models = 16
+    c.data.source = 'cifar10_binary'
+    c.data.dir = SHARED_CIFAR10_DIR
+    c.data.test_split = 'holdout'
+    c.data.train_size = 10_000
+    c.model.widths = (16, 32, 32)
+    c.train.batch_size = 256
+    c.train.epochs = 3
+    c.train.whiten_bias_epochs = 1
+    c.eval.tta_level = 0
+  elif variant == 'smoke':
+    c.num_models = 4
+    c.data.source = 'cifar10_binary'
+    c.data.dir = SHARED_CIFAR10_DIR
+    c.data.test_split = 'holdout'
+    c.data.holdout_size = 512
+    c.data.train_size = 1024
+    c.model.widths = (8, 16, 16)
+    c.model.whiten_num_images = 256
+    c.train.batch_size = 128
+    c.train.epochs = 2
+    c.train.whiten_bias_epochs = 1
+    c.eval.tta_level = 2
+    c.eval.batch_size = 256
+  return c

@@ -1,0 +1,101 @@
+"""On-device batch assembly and augmentation for one model (pure functions of arrays).
+
+Randomness is stateless: a model's flips and crops are functions of its augment
+key, the image index and the step, so they do not depend on which other models
+share the program.
+
+Example:
+  >>> x = normalize(images_u8)                                   # doctest: +SKIP
+  >>> x = random_translate(jax.random.key(0), x, pad=2)          # doctest: +SKIP
+"""
+
+import jax
+import jax.numpy as jnp
+
+from varjax import data as data_lib
+
+
+def normalize(images_u8, dtype=jnp.float32):
+  """uint8 NHWC -> (x/255 - mean) / std, per channel."""
+  mean = jnp.asarray(data_lib.CIFAR10_MEAN, jnp.float32)
+  std = jnp.asarray(data_lib.CIFAR10_STD, jnp.float32)
+  x = (images_u8.astype(jnp.float32) / 255.0 - mean) / std
+  return x.astype(dtype)
+
+
+def reflect_pad(x, pad):
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+
+
+def random_translate(key, x, pad):
+  """Reflect-pads by ``pad`` and crops back at a random offset per image."""
+  if pad == 0:
+    return x
+  n, h, w, c = x.shape
+  offsets = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
+  padded = reflect_pad(x, pad)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def flip_mask(key, image_indices, epoch, mode):
+  """Which images of the batch to mirror this epoch.
+
+  'alternating' (airbench): a random half in epoch 0, then every image flips
+  state each epoch, so each image is seen both ways in every two epochs.
+  'random': a fresh coin per (image, epoch). 'none': never.
+  """
+  if mode == 'none':
+    return jnp.zeros(image_indices.shape, bool)
+  if mode == 'alternating':
+    coin = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(image_indices)
+    return coin ^ (epoch % 2 == 1)
+  if mode == 'random':
+    epoch_key = jax.random.fold_in(key, epoch)
+    return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(epoch_key, i)))(
+        image_indices)
+  raise ValueError(f"aug.flip must be 'alternating', 'random' or 'none', got {mode!r}")
+
+
+def apply_flips(x, mask):
+  return jnp.where(mask[:, None, None, None], x[:, :, ::-1], x)
+
+
+def train_batch(images_u8, labels, order, augment_key, step, steps_per_epoch, batch_size,
+                translate, flip_mode, dtype=jnp.float32):
+  """The augmented float batch of one model at global ``step``.
+
+  ``order`` is the model's permutation of the training set for the current epoch.
+  """
+  epoch = step // steps_per_epoch
+  start = (step % steps_per_epoch) * batch_size
+  idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
+  x = images_u8[idx]
+  flip_key, crop_key = jax.random.fold_in(augment_key, 0), jax.random.fold_in(augment_key, 1)
+  x = normalize(x, dtype)
+  x = random_translate(jax.random.fold_in(crop_key, step), x, translate)
+  x = apply_flips(x, flip_mask(flip_key, idx, epoch, flip_mode))
+  return x, labels[idx]
+
+
+def tta_views(x, level):
+  """Views of a normalised batch for test-time augmentation, with their weights.
+
+  level 0: x. level 1: mean of x and its mirror. level 2 (airbench): 0.5 * level 1
+  + 0.5 * mean over the two 1-pixel translations (up-left, down-right; reflect
+  padded) of the level-1 average. Returns a list of (weight, view).
+  """
+  if level == 0:
+    return [(1.0, x)]
+  mirror = lambda v: v[:, :, ::-1]
+  if level == 1:
+    return [(0.5, x), (0.5, mirror(x))]
+  if level == 2:
+    n, h, w, _ = x.shape
+    padded = reflect_pad(x, 1)
+    shifted = [padded[:, 0:h, 0:w], padded[:, 2:h + 2, 2:w + 2]]
+    views = [(0.25, x), (0.25, mirror(x))]
+    for s in shifted:
+      views += [(0.125, s), (0.125, mirror(s))]
+    return views
+  raise ValueError(f'eval.tta_level must be 0, 1 or 2, got {level}')

@@ -1,0 +1,191 @@
+"""N models as one program: stacked states, the 'models' mesh, the jitted ensemble step.
+
+Every per-model array has a leading models axis sharded over all devices with
+``NamedSharding(mesh, P('models'))``; data is replicated. Inside ``shard_map``
+each device runs its own models: a ``lax.scan`` over chunks of
+``models_per_chunk`` models, the models of a chunk unrolled. Unrolling keeps each
+model's convolutions ordinary dense convolutions (``vmap`` would turn them into
+grouped convolutions, ~40x slower on XLA:CPU), and the scan keeps compile time
+independent of N.
+
+Independence: model ``first_model_id + k`` takes its init, data order and
+augmentation keys from ``(seed, id)`` alone (``model_key``), and nothing couples
+two models, so a model's results do not depend on N, on its chunk, or on the
+device count. On CPU they are bit-identical (tests/ensemble_test.py).
+
+Example:
+  >>> ens = Ensemble(config, num_train=40_000)                       # doctest: +SKIP
+  >>> state = ens.init(whiten_kernel)                                # doctest: +SKIP
+  >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from varjax import optim
+from varjax import step as step_lib
+from varjax.models import airbench
+
+MODELS = 'models'
+PURPOSES = ('init', 'order', 'augment')
+
+
+def model_key(seed, purpose, model_id, vary):
+  """The key of one model for one purpose; shared by all models unless ``purpose`` varies."""
+  base = jax.random.fold_in(jax.random.key(seed), PURPOSES.index(purpose))
+  return jax.random.fold_in(base, model_id) if purpose in vary else base
+
+
+def make_mesh(devices=None):
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (MODELS,))
+
+
+def model_sharding(mesh):
+  return NamedSharding(mesh, P(MODELS))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def default_models_per_chunk(models_per_device, platform):
+  """Largest divisor of the per-device model count not above the backend's target.
+
+  CPU: a few models per chunk lets XLA overlap independent models' small ops
+  on the cores. Accelerators: bounded by activation memory (~1 GB per
+  airbench94 model at batch 1024).
+  """
+  target = 4 if platform == 'cpu' else 16
+  return max(d for d in range(1, min(target, models_per_device) + 1)
+             if models_per_device % d == 0)
+
+
+def map_models(fn, models_per_chunk, num_per_model=1):
+  """Applies ``fn(per_model_args, *shared)`` to every model of stacked pytrees.
+
+  The first ``num_per_model`` arguments of the mapped function are stacked
+  over models (passed to ``fn`` as one tuple); the rest are shared.
+
+  Scans over chunks; the ``models_per_chunk`` calls of a chunk are unrolled.
+  """
+
+  def mapped(*per_model_and_shared):
+    per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
+    n = jax.tree.leaves(per_model)[0].shape[0]
+    c = models_per_chunk
+    if n % c:
+      raise ValueError(f'{n} models per device is not a multiple of '
+                       f'ensemble.models_per_chunk={c}.')
+    chunks = jax.tree.map(lambda x: x.reshape((n // c, c) + x.shape[1:]), per_model)
+
+    def body(carry, chunk):
+      outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
+      return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    _, out = jax.lax.scan(body, None, chunks)
+    return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
+
+  return mapped
+
+
+def model_hparams(config, num_models):
+  """Per-model hyperparameters in SGD units, as float32 arrays over the models axis."""
+  lr, wd = optim.sgd_units(config.opt.lr, config.opt.weight_decay, config.opt.momentum,
+                           config.train.batch_size, config.opt.lr_reference_batch)
+  full = lambda v: np.full((num_models,), v, np.float32)
+  return {'lr': full(lr), 'weight_decay': full(wd),
+          'label_smoothing': full(config.train.label_smoothing)}
+
+
+class Ensemble:
+  """The compiled functions of an ensemble run and the arrays that parameterise them."""
+
+  def __init__(self, config, num_train, mesh=None, dtype=jnp.float32):
+    self.config = config
+    self.mesh = make_mesh() if mesh is None else mesh
+    self.num_models = config.num_models
+    num_devices = self.mesh.devices.size
+    if self.num_models % num_devices:
+      raise ValueError(
+          f'num_models={self.num_models} is not a multiple of the {num_devices} devices; '
+          f'use a multiple of {num_devices} (e.g. '
+          f'--config.num_models={-(-self.num_models // num_devices) * num_devices}).')
+    per_device = self.num_models // num_devices
+    platform = self.mesh.devices.flat[0].platform
+    chunk = config.ensemble.models_per_chunk
+    if chunk is None:
+      chunk = default_models_per_chunk(per_device, platform)
+    if chunk < 1 or per_device % chunk:
+      raise ValueError(f'ensemble.models_per_chunk={chunk} must divide the {per_device} '
+                       'models per device.')
+    self.models_per_chunk = chunk
+    self.vary = tuple(config.randomness.vary)
+    unknown = set(self.vary) - set(PURPOSES)
+    if unknown:
+      raise ValueError(f'randomness.vary has unknown sources {sorted(unknown)}; '
+                       f'choose from {PURPOSES}.')
+    self.seed = config.seed
+    self.model = airbench.from_config(config.model, dtype)
+    self.plan = step_lib.StepPlan.from_config(config, num_train)
+    self.model_ids = np.arange(config.first_model_id,
+                               config.first_model_id + self.num_models, dtype=np.int32)
+    shard = model_sharding(self.mesh)
+    self.ids = jax.device_put(self.model_ids, shard)
+    self.hparams = jax.device_put(model_hparams(config, self.num_models), shard)
+    self._build()
+
+  def _sharded(self, fn, num_per_model, num_shared):
+    """shard_map(map_models(fn)): per-model args first (sharded), then shared ones."""
+    mapped = map_models(fn, self.models_per_chunk, num_per_model)
+    specs = (P(MODELS),) * num_per_model + (P(),) * num_shared
+    return jax.shard_map(mapped, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
+                         check_vma=False)
+
+  def _build(self):
+    plan, model, seed, vary = self.plan, self.model, self.seed, self.vary
+    key = lambda purpose, model_id: model_key(seed, purpose, model_id, vary)
+
+    def init_one(per_model, whiten_kernel):
+      model_id, hparams = per_model
+      return step_lib.init_model_state(model, key('init', model_id), whiten_kernel,
+                                       hparams, plan)
+
+    def order_one(per_model, epoch):
+      model_id, = per_model
+      return jax.random.permutation(jax.random.fold_in(key('order', model_id), epoch),
+                                    plan.num_train).astype(jnp.int32)
+
+    train_step = step_lib.make_train_step(model, plan)
+
+    def step_one(per_model, images, labels, step):
+      state, hparams, model_id, order = per_model
+      return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
+
+    eval_logits = step_lib.make_eval_logits(model, plan.tta_level)
+
+    def eval_one(per_model, images):
+      state, = per_model
+      return eval_logits(step_lib.final_variables(state, plan), images)
+
+    self._init = jax.jit(self._sharded(init_one, 2, 1))
+    self._orders = jax.jit(self._sharded(order_one, 1, 1))
+    # The state (first argument) is donated: updated in place, no second copy.
+    self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
+    self.eval_logits = self._sharded(eval_one, 1, 1)  # composed with analysis by the caller
+
+  def init(self, whiten_kernel):
+    """Stacked initial states of all models."""
+    kernel = jax.device_put(jnp.asarray(whiten_kernel), replicated(self.mesh))
+    return self._init(self.ids, self.hparams, kernel)
+
+  def orders(self, epoch):
+    """(N, num_train) int32: each model's permutation of the training set for ``epoch``."""
+    return self._orders(self.ids, jnp.int32(epoch))
+
+  def train_step(self, state, orders, images, labels, step):
+    """One optimiser step of every model; ``state`` is donated."""
+    return self._step(state, self.hparams, self.ids, orders, images, labels, jnp.int32(step))
+

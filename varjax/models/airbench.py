@@ -1,0 +1,200 @@
+"""The airbench94 network (Jordan 2024) as a Flax module, with its data-dependent init.
+
+Layout NHWC. 32x32 input -> 2x2 whitening conv (frozen filters, trainable bias for
+the first epochs) -> GELU -> three groups [conv3x3, maxpool2, BN, GELU, conv3x3, BN,
+GELU] of widths 64/256/256 (31 -> 15 -> 7 -> 3 pixels) -> global max pool ->
+linear (no bias) x 1/9. BatchNorm has no scale, eps 1e-12, momentum 0.6.
+
+Example:
+  >>> model = Airbench(widths=(16, 32, 32))
+  >>> variables = init_variables(model, jax.random.key(0), whiten_kernel)  # doctest: +SKIP
+  >>> logits = model.apply(variables, x, train=False)                      # doctest: +SKIP
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WHITEN_PATCH_CHANNELS = 3
+
+
+def torch_default_init(key, shape, dtype=jnp.float32):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for conv and linear."""
+  fan_in = int(np.prod(shape[:-1]))
+  bound = 1.0 / np.sqrt(fan_in)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def dirac_init(key, shape, dtype=jnp.float32):
+  """HWIO kernel whose first C_in output filters are the identity; the rest default.
+
+  An identity start lets the deep plain network train like a shallower one.
+  """
+  h, w, c_in, c_out = shape
+  kernel = torch_default_init(key, shape, dtype)
+  n = min(c_in, c_out)
+  identity = jnp.zeros((h, w, c_in, n), dtype).at[h // 2, w // 2].set(jnp.eye(c_in, n, dtype=dtype))
+  return kernel.at[..., :n].set(identity)
+
+
+def conv2d(x, kernel, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def max_pool(x, size):
+  """Non-overlapping max pool (floor) by reshape: cheaper backward than reduce_window."""
+  n, h, w, c = x.shape
+  ho, wo = h // size, w // size
+  x = x[:, :ho * size, :wo * size]
+  return x.reshape(n, ho, size, wo, size, c).max(axis=(2, 4))
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm without scale; statistics in float32; running var unbiased (as torch)."""
+  momentum: float
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    mean_var = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    var_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if train:
+      mean = xf.mean(axis=(0, 1, 2))
+      var = jnp.square(xf - mean).mean(axis=(0, 1, 2))
+      if not self.is_initializing():
+        count = x.size // c
+        m = self.momentum
+        mean_var.value = m * mean_var.value + (1 - m) * jax.lax.stop_gradient(mean)
+        unbiased = jax.lax.stop_gradient(var) * (count / max(count - 1, 1))
+        var_var.value = m * var_var.value + (1 - m) * unbiased
+    else:
+      mean, var = mean_var.value, var_var.value
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+    return y.astype(x.dtype)
+
+
+class ConvGroup(nn.Module):
+  width: int
+  bn_momentum: float
+  bn_eps: float
+  gelu_approximate: bool
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = lambda v: jax.nn.gelu(v, approximate=self.gelu_approximate)
+    k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
+    x = conv2d(x, k1, 'SAME')
+    x = max_pool(x, 2)
+    x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
+    k2 = self.param('conv2', dirac_init, (3, 3, self.width, self.width))
+    x = conv2d(x, k2, 'SAME')
+    x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm2')(x, train))
+    return x
+
+
+class Airbench(nn.Module):
+  """airbench94; ``widths`` of the three conv groups (64, 256, 256 in the paper)."""
+  widths: Sequence[int] = (64, 256, 256)
+  whiten_kernel_size: int = 2
+  bn_momentum: float = 0.6
+  bn_eps: float = 1e-12
+  head_scale: float = 1 / 9
+  gelu_approximate: bool = False
+  num_classes: int = 10
+  dtype: jnp.dtype = jnp.float32  # compute dtype; BN statistics stay float32
+
+  @property
+  def whiten_width(self):
+    return 2 * WHITEN_PATCH_CHANNELS * self.whiten_kernel_size ** 2
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """x: normalised float images (b, 32, 32, 3). Returns float32 logits (b, K)."""
+    k = self.whiten_kernel_size
+    x = x.astype(self.dtype)
+    # Placeholder init: the real filters come from data (init_variables).
+    w = self.param('whiten_kernel', nn.initializers.zeros,
+                   (k, k, WHITEN_PATCH_CHANNELS, self.whiten_width))
+    b = self.param('whiten_bias', torch_default_init_bias(k * k * WHITEN_PATCH_CHANNELS),
+                   (self.whiten_width,))
+    x = conv2d(x, w, 'VALID') + b.astype(self.dtype)
+    x = jax.nn.gelu(x, approximate=self.gelu_approximate)
+    for i, width in enumerate(self.widths):
+      x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
+                    name=f'group{i + 1}')(x, train)
+      # Pooled embedding per group, for probes (prediction depth); free unless
+      # the caller asks for the 'intermediates' collection.
+      self.sow('intermediates', f'group{i + 1}', x.max(axis=(1, 2)))
+    x = x.max(axis=(1, 2))  # the 3x3 map is pooled whole
+    head = self.param('head', torch_default_init, (self.widths[-1], self.num_classes))
+    logits = x @ head.astype(x.dtype)
+    return logits.astype(jnp.float32) * self.head_scale
+
+
+def torch_default_init_bias(fan_in):
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def from_config(model_config, dtype=jnp.float32):
+  return Airbench(widths=tuple(model_config.widths),
+                  whiten_kernel_size=model_config.whiten_kernel_size,
+                  bn_momentum=model_config.bn_momentum, bn_eps=model_config.bn_eps,
+                  head_scale=model_config.head_scale,
+                  gelu_approximate=model_config.gelu_approximate, dtype=dtype)
+
+
+def patches(images, size):
+  """All size x size patches of NHWC float images, flattened in (h, w, c) order."""
+  n, h, w, c = images.shape
+  cols = [images[:, i:h - size + 1 + i, j:w - size + 1 + j]
+          for i in range(size) for j in range(size)]
+  # (n, h', w', size*size, c) -> (n*h'*w', size*size*c) with (h, w, c) ordering.
+  return np.stack(cols, axis=3).reshape(-1, size * size * c)
+
+
+def whitening_kernel(images, kernel_size=2, eps=5e-4, chunk=500):
+  """Patch-whitening filters from normalised float images (n, 32, 32, 3), float64.
+
+  Eigenvectors of the (uncentred) patch second-moment matrix, scaled by
+  1/sqrt(eigenvalue + eps), largest eigenvalue first, then their negations
+  (GELU after the conv keeps both signs of every direction). Returns an HWIO
+  kernel (k, k, 3, 2 * k * k * 3) in float32.
+  """
+  dim = kernel_size * kernel_size * images.shape[-1]
+  cov = np.zeros((dim, dim))
+  count = 0
+  for start in range(0, len(images), chunk):
+    p = patches(np.asarray(images[start:start + chunk], np.float64), kernel_size)
+    cov += p.T @ p
+    count += len(p)
+  cov /= count
+  eigenvalues, eigenvectors = np.linalg.eigh(cov)
+  order = np.argsort(eigenvalues)[::-1]
+  eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+  filters = eigenvectors / np.sqrt(eigenvalues + eps)  # columns are filters
+  filters = np.concatenate([filters, -filters], axis=1)
+  kernel = filters.reshape(kernel_size, kernel_size, images.shape[-1], 2 * dim)
+  return kernel.astype(np.float32)
+
+
+def init_variables(model, key, whiten_kernel):
+  """Initial {'params', 'batch_stats'} for one model, with the given whitening filters."""
+  dummy = jnp.zeros((1, 32, 32, 3), model.dtype)
+  variables = model.init(key, dummy, train=False)
+  variables = {k: v for k, v in variables.items() if k != 'intermediates'}
+  params = dict(variables['params'])
+  params['whiten_kernel'] = jnp.asarray(whiten_kernel, jnp.float32)
+  return {'params': params, 'batch_stats': variables['batch_stats']}
+
+
+def num_params(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,168 @@
+"""One model's training step and evaluation, as pure functions (the ensemble maps them).
+
+A model's state is a dict of arrays:
+  params, batch_stats: the Flax variables being trained;
+  opt_state: the optimiser state (momentum);
+  ema_params, ema_batch_stats: the lookahead average, which becomes the model.
+
+Example:
+  >>> plan = StepPlan.from_config(config, num_train=40_000)          # doctest: +SKIP
+  >>> train_step = make_train_step(model, plan)                       # doctest: +SKIP
+  >>> state, metrics = train_step(state, hparams, keys, order, images, labels, step)
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from varjax import augment
+from varjax import optim
+from varjax.models import airbench
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """The static facts of a training run that shape the compiled step."""
+  num_train: int
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
+  whiten_bias_steps: int
+  translate: int
+  flip: str
+  momentum: float
+  bias_lr_scale: float
+  warmup_frac: float
+  lr_start_factor: float
+  lr_end_factor: float
+  lookahead: bool
+  lookahead_every: int
+  lookahead_decay: float
+  lookahead_power: float
+  tta_level: int
+
+  @classmethod
+  def from_config(cls, config, num_train):
+    batch = config.train.batch_size
+    steps_per_epoch = num_train // batch
+    if steps_per_epoch < 1:
+      raise ValueError(f'train.batch_size={batch} exceeds the {num_train} training images.')
+    return cls(
+        num_train=num_train, batch_size=batch, steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, math.ceil(config.train.epochs * steps_per_epoch)),
+        whiten_bias_steps=math.ceil(config.train.whiten_bias_epochs * steps_per_epoch),
+        translate=config.aug.translate, flip=config.aug.flip,
+        momentum=config.opt.momentum, bias_lr_scale=config.opt.bias_lr_scale,
+        warmup_frac=config.opt.warmup_frac, lr_start_factor=config.opt.lr_start_factor,
+        lr_end_factor=config.opt.lr_end_factor, lookahead=config.lookahead.enabled,
+        lookahead_every=config.lookahead.every_steps, lookahead_decay=config.lookahead.decay,
+        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level)
+
+  @property
+  def num_epochs(self):
+    return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def lr_scales(params, bias_lr_scale):
+  """Per-leaf lr multipliers: BatchNorm biases x bias_lr_scale, whitening filters frozen."""
+
+  def scale(path, _):
+    names = [getattr(k, 'key', str(k)) for k in path]
+    if names[-1] == 'whiten_kernel':
+      return 0.0
+    if any(n.startswith('norm') for n in names):
+      return bias_lr_scale
+    return 1.0
+
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def make_optimizer(params_template, hparams, plan):
+  return optim.nesterov_sgd(hparams['lr'], hparams['weight_decay'], plan.momentum,
+                            lr_scales(params_template, plan.bias_lr_scale))
+
+
+def smoothed_cross_entropy_sum(logits, labels, smoothing):
+  """Summed label-smoothed CE; targets (1 - s) * onehot + s / K, as torch."""
+  k = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, k), smoothing)
+  return optax.softmax_cross_entropy(logits, targets).sum()
+
+
+def init_model_state(model, init_key, whiten_kernel, hparams, plan):
+  """Initial state of one model from its init key."""
+  variables = airbench.init_variables(model, init_key, whiten_kernel)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  opt_state = make_optimizer(params, hparams, plan).init(params)
+  return {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
+          'ema_params': params, 'ema_batch_stats': batch_stats}
+
+
+def make_train_step(model, plan):
+  """Returns train_step(state, hparams, augment_key, order, images, labels, step).
+
+  ``step`` is the number of steps already taken (global, the same for all models).
+  Returns (new_state, metrics) with metrics {'loss': mean per example, 'accuracy'}.
+  """
+
+  def train_step(state, hparams, augment_key, order, images, labels, step):
+    x, y = augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
+                               plan.batch_size, plan.translate, plan.flip, model.dtype)
+
+    def loss_fn(params):
+      logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']},
+                                    x, train=True, mutable=['batch_stats'])
+      loss = smoothed_cross_entropy_sum(logits, y, hparams['label_smoothing'])
+      return loss, (logits, updates['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    tx = make_optimizer(state['params'], hparams, plan)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    factor = optim.lr_factor(step, plan.total_steps, plan.warmup_frac,
+                             plan.lr_start_factor, plan.lr_end_factor)
+    bias_live = (step < plan.whiten_bias_steps).astype(jnp.float32)
+    updates = dict(updates)
+    updates['whiten_bias'] = updates['whiten_bias'] * bias_live
+    updates = jax.tree.map(lambda u: u * factor, updates)
+    params = optax.apply_updates(state['params'], updates)
+
+    ema_params, ema_batch_stats = state['ema_params'], state['ema_batch_stats']
+    if plan.lookahead:
+      done = step + 1
+      args = (done, plan.total_steps, plan.lookahead_decay, plan.lookahead_every,
+              plan.lookahead_power)
+      params, ema_params = optim.lookahead(params, ema_params, *args)
+      batch_stats, ema_batch_stats = optim.lookahead(batch_stats, ema_batch_stats, *args)
+    new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
+                 'ema_params': ema_params, 'ema_batch_stats': ema_batch_stats}
+    metrics = {'loss': loss / plan.batch_size,
+               'accuracy': (logits.argmax(-1) == y).mean()}
+    return new_state, metrics
+
+  return train_step
+
+
+def final_variables(state, plan):
+  """The trained model: the lookahead average when enabled (airbench's last sync)."""
+  if plan.lookahead:
+    return {'params': state['ema_params'], 'batch_stats': state['ema_batch_stats']}
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+def make_eval_logits(model, tta_level):
+  """Returns eval_logits(variables, images_u8) -> float32 (b, K) TTA logits."""
+
+  def eval_logits(variables, images_u8):
+    x = augment.normalize(images_u8, model.dtype)
+    weights, views = zip(*augment.tta_views(x, tta_level))
+    # One forward over all views: bigger ops run faster than six small ones.
+    logits = model.apply(variables, jnp.concatenate(views), train=False)
+    logits = logits.reshape(len(views), x.shape[0], -1)
+    return jnp.tensordot(jnp.asarray(weights, jnp.float32), logits, axes=1)
+
+  return eval_logits
+
