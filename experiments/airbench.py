@@ -14,11 +14,15 @@ Example:
   python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/run
 """
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
-# The offline copy of CIFAR-10 next to a checkout (see ../shared/data/README.md).
-SHARED_CIFAR10_DIR = '../shared/data/cifar10/cifar-10-batches-bin'
+# The offline copy of CIFAR-10 beside a checkout (see ../shared/data/README.md).
+SHARED_CIFAR10_DIR = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'cifar10',
+    'cifar-10-batches-bin'))
 
 
 def get_config(arg=None):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from varjax import config_check
 from varjax import optim
 from varjax import step as step_lib
 from varjax.models import airbench
@@ -100,6 +101,11 @@ def model_hparams(config, num_models):
           'label_smoothing': full(config.train.label_smoothing)}
 
 
+def model_groups(config, num_models):
+  """(N,) int32 group of each model for the analysis: one group unless a sweep defines them."""
+  return np.zeros((num_models,), np.int32)
+
+
 class Ensemble:
   """The compiled functions of an ensemble run and the arrays that parameterise them."""
 
@@ -109,7 +115,7 @@ class Ensemble:
     self.num_models = config.num_models
     num_devices = self.mesh.devices.size
     if self.num_models % num_devices:
-      raise ValueError(
+      raise config_check.ConfigError(
           f'num_models={self.num_models} is not a multiple of the {num_devices} devices; '
           f'use a multiple of {num_devices} (e.g. '
           f'--config.num_models={-(-self.num_models // num_devices) * num_devices}).')
@@ -119,13 +125,13 @@ class Ensemble:
     if chunk is None:
       chunk = default_models_per_chunk(per_device, platform)
     if chunk < 1 or per_device % chunk:
-      raise ValueError(f'ensemble.models_per_chunk={chunk} must divide the {per_device} '
+      raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the {per_device} '
                        'models per device.')
     self.models_per_chunk = chunk
     self.vary = tuple(config.randomness.vary)
     unknown = set(self.vary) - set(PURPOSES)
     if unknown:
-      raise ValueError(f'randomness.vary has unknown sources {sorted(unknown)}; '
+      raise config_check.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
                        f'choose from {PURPOSES}.')
     self.seed = config.seed
     self.model = airbench.from_config(config.model, dtype)
@@ -135,6 +141,7 @@ class Ensemble:
     shard = model_sharding(self.mesh)
     self.ids = jax.device_put(self.model_ids, shard)
     self.hparams = jax.device_put(model_hparams(config, self.num_models), shard)
+    self.groups = model_groups(config, self.num_models)
     self._build()
 
   def _sharded(self, fn, num_per_model, num_shared):

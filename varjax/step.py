@@ -65,6 +65,12 @@ class StepPlan:
   def num_epochs(self):
     return math.ceil(self.total_steps / self.steps_per_epoch)
 
+  def epochs(self):
+    """Yields (epoch, range of global steps in it); the last epoch may be partial."""
+    for epoch in range(self.num_epochs):
+      first = epoch * self.steps_per_epoch
+      yield epoch, range(first, min(first + self.steps_per_epoch, self.total_steps))
+
 
 def lr_scales(params, bias_lr_scale):
   """Per-leaf lr multipliers: BatchNorm biases x bias_lr_scale, whitening filters frozen."""

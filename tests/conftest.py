@@ -1,0 +1,51 @@
+"""Shared test setup: 8 fake CPU devices (set before JAX starts) and config loading."""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+CIFAR10_BINARY = SHARED_DATA / 'cifar10' / 'cifar-10-batches-bin'
+
+
+def load_experiment(name='airbench', variant='smoke'):
+  spec = importlib.util.spec_from_file_location(name, REPO / 'experiments' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def tiny_config(**overrides):
+  """A smoke config shrunk further for unit tests; dotted keys override."""
+  c = load_experiment('airbench', 'smoke')
+  c.model.widths = (4, 8, 8)
+  c.model.whiten_num_images = 32
+  c.train.batch_size = 16
+  c.train.epochs = 1.5
+  c.lookahead.every_steps = 2
+  c.eval.tta_level = 2
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def random_images(n, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, (n,)).astype(np.int32)
+  return images, labels
+
+
+needs_shared_data = pytest.mark.skipif(
+    not (CIFAR10_BINARY / 'data_batch_1.bin').exists(),
+    reason='../shared/data/cifar10 is not beside this checkout')

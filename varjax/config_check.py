@@ -1,0 +1,83 @@
+"""Validation of a run's config: every key known, every value in range, before any work.
+
+The keys varjax reads are listed here (names only; defaults live in the config
+files). A typo such as ``opt.learning_rate`` fails with the closest known key.
+"""
+
+import difflib
+
+from ml_collections import ConfigDict
+
+KNOWN_KEYS = frozenset("""
+name variant seed num_models first_model_id overwrite
+data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
+model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
+model.bn_momentum model.head_scale model.gelu_approximate
+train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs
+opt.lr opt.weight_decay opt.momentum opt.bias_lr_scale opt.lr_reference_batch opt.warmup_frac
+opt.lr_start_factor opt.lr_end_factor
+lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
+aug.translate aug.flip
+eval.tta_level eval.batch_size
+randomness.vary
+ensemble.models_per_chunk
+log.every_steps
+""".split())
+
+
+class ConfigError(ValueError):
+  """A config key or value that varjax cannot run with; the message names it."""
+
+
+def flatten(config, prefix=''):
+  """{'a.b': value} for every leaf of a (nested) ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    name = prefix + key
+    if isinstance(value, ConfigDict):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def _require(ok, message):
+  if not ok:
+    raise ConfigError(message)
+
+
+def check(config, known_keys=KNOWN_KEYS):
+  """Raises ConfigError for unknown/missing keys or out-of-range values."""
+  flat = flatten(config)
+  for key in sorted(set(flat) - known_keys):
+    close = difflib.get_close_matches(key, known_keys, n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ConfigError(f'Unknown config key {key!r}.{hint}')
+  missing = sorted(known_keys - set(flat))
+  _require(not missing, f'Config is missing keys {missing}.')
+
+  c = config
+  _require(isinstance(c.num_models, int) and c.num_models >= 1,
+           f'num_models must be a positive int, got {c.num_models!r}.')
+  _require(isinstance(c.first_model_id, int) and c.first_model_id >= 0,
+           f'first_model_id must be an int >= 0, got {c.first_model_id!r}.')
+  _require(len(c.model.widths) == 3 and all(int(w) >= 1 for w in c.model.widths),
+           f'model.widths must be three positive ints, got {c.model.widths!r}.')
+  _require(c.train.epochs > 0, f'train.epochs must be > 0, got {c.train.epochs}.')
+  _require(c.train.batch_size >= 2, f'train.batch_size must be >= 2, got {c.train.batch_size}.')
+  _require(c.eval.tta_level in (0, 1, 2), f'eval.tta_level must be 0, 1 or 2, got '
+           f'{c.eval.tta_level!r}.')
+  _require(c.eval.batch_size >= 1, f'eval.batch_size must be >= 1, got {c.eval.batch_size}.')
+  _require(c.aug.flip in ('alternating', 'random', 'none'),
+           f"aug.flip must be 'alternating', 'random' or 'none', got {c.aug.flip!r}.")
+  _require(0 <= c.aug.translate <= 8, f'aug.translate must be in [0, 8], got {c.aug.translate}.')
+  _require(0 <= c.opt.momentum < 1, f'opt.momentum must be in [0, 1), got {c.opt.momentum}.')
+  _require(c.opt.lr > 0, f'opt.lr must be > 0, got {c.opt.lr}.')
+  _require(c.opt.weight_decay >= 0, f'opt.weight_decay must be >= 0, got '
+           f'{c.opt.weight_decay}.')
+  _require(0 <= c.train.label_smoothing < 1,
+           f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
+  _require(c.model.whiten_num_images >= 1, 'model.whiten_num_images must be >= 1.')
+  _require(not c.lookahead.enabled or c.lookahead.every_steps >= 1,
+           'lookahead.every_steps must be >= 1.')
+  _require(c.log.every_steps >= 0, 'log.every_steps must be >= 0.')

@@ -1,0 +1,54 @@
+r"""Command line entry point: parses flags and calls ``train.train_and_evaluate``.
+
+  python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/run \
+      [--config.num_models=32 --config.opt.lr=10.0 ...]
+
+Multi-host: ``--coordinator_address=HOST:PORT --num_processes=P --process_id=I``
+(or the environment of a TPU pod / Slurm job with ``--distributed``).
+"""
+
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from varjax import config_check
+from varjax import data
+from varjax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and checkpoints.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'HOST:PORT of process 0 for jax.distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Initialise jax.distributed from the environment '
+                                 '(TPU pod, Slurm) without explicit addresses.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Errors a user can fix; reported as one line and a non-zero exit, no traceback.
+USER_ERRORS = (config_check.ConfigError, data.DataError, train.WorkdirError)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _COORDINATOR.value or _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    logging.error('%s: %s', type(e).__name__, e)
+    print(f'varjax: {type(e).__name__}: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
