@@ -66,7 +66,7 @@ def get_config(arg=None):
   c.train.epochs = 9.9  # fractional: ceil(epochs * steps_per_epoch) steps
   c.train.batch_size = 1024  # per model; last partial batch of an epoch dropped
   c.train.label_smoothing = 0.2
-  c.train.whiten_bias_epochs = 3  # whitening bias trains this long, then freezes
+  c.train.whiten_bias_epochs = 3.0  # whitening bias trains this long, then freezes
 
   c.opt = ml_collections.ConfigDict()
   c.opt.lr = 11.5  # per 1024 examples, decoupled (see module docstring)

@@ -25,6 +25,12 @@ log.every_steps
 """.split())
 
 
+# Common names from other codebases for keys varjax spells differently.
+SYNONYMS = {'learning_rate': 'lr', 'wd': 'weight_decay', 'batch': 'batch_size',
+            'n_models': 'num_models', 'models': 'num_models', 'width': 'widths',
+            'num_epochs': 'epochs', 'tta': 'tta_level'}
+
+
 class ConfigError(ValueError):
   """A config key or value that varjax cannot run with; the message names it."""
 
@@ -41,6 +47,15 @@ def flatten(config, prefix=''):
   return out
 
 
+def closest_key(key, known_keys):
+  section, _, leaf = key.rpartition('.')
+  synonym = f'{section}.{SYNONYMS[leaf]}' if section and leaf in SYNONYMS else SYNONYMS.get(leaf)
+  if synonym in known_keys:
+    return synonym
+  close = difflib.get_close_matches(key, known_keys, n=1)
+  return close[0] if close else None
+
+
 def _require(ok, message):
   if not ok:
     raise ConfigError(message)
@@ -50,8 +65,8 @@ def check(config, known_keys=KNOWN_KEYS):
   """Raises ConfigError for unknown/missing keys or out-of-range values."""
   flat = flatten(config)
   for key in sorted(set(flat) - known_keys):
-    close = difflib.get_close_matches(key, known_keys, n=1)
-    hint = f' Did you mean {close[0]!r}?' if close else ''
+    close = closest_key(key, known_keys)
+    hint = f' Did you mean {close!r}?' if close else ''
     raise ConfigError(f'Unknown config key {key!r}.{hint}')
   missing = sorted(known_keys - set(flat))
   _require(not missing, f'Config is missing keys {missing}.')

@@ -134,7 +134,7 @@ class Airbench(nn.Module):
                     name=f'group{i + 1}')(x, train)
       # Pooled embedding per group, for probes (prediction depth); free unless
       # the caller asks for the 'intermediates' collection.
-      self.sow('intermediates', f'group{i + 1}', x.max(axis=(1, 2)))
+      self.sow('intermediates', f'embedding{i + 1}', x.max(axis=(1, 2)))
     x = x.max(axis=(1, 2))  # the 3x3 map is pooled whole
     head = self.param('head', torch_default_init, (self.widths[-1], self.num_classes))
     logits = x @ head.astype(x.dtype)

@@ -1,0 +1,93 @@
+"""The airbench94 network: size, init and layers against independent computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from varjax.models import airbench
+
+from conftest import CIFAR10_BINARY, needs_shared_data
+
+
+def test_default_widths_have_airbench94_parameter_count():
+  model = airbench.Airbench(widths=(64, 256, 256))
+  variables = airbench.init_variables(model, jax.random.key(0), np.zeros((2, 2, 3, 24)))
+  assert airbench.num_params(variables['params']) == 1_971_640
+
+
+def smooth_images(n, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 32, 32, 3))
+  return (x + np.roll(x, 1, axis=1) + np.roll(x, 1, axis=2)) / 3  # correlated pixels
+
+
+@pytest.mark.parametrize('kernel_size', [2, 3])
+def test_whitening_filters_whiten_patches(kernel_size):
+  images = smooth_images(64)
+  kernel = airbench.whitening_kernel(images, kernel_size, eps=1e-12)
+  k = kernel_size
+  windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
+  # windows: (n, h', w', c, k, k) -> patches in (kh, kw, c) order.
+  patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, k * k * 3)
+  responses = patches @ kernel.reshape(k * k * 3, -1)[:, :k * k * 3]
+  second_moment = responses.T @ responses / len(responses)
+  np.testing.assert_allclose(second_moment, np.eye(k * k * 3), atol=1e-3)
+  np.testing.assert_allclose(kernel[..., k * k * 3:], -kernel[..., :k * k * 3])
+
+
+def test_whitening_eps_damps_small_directions():
+  images = smooth_images(16)
+  kernel = airbench.whitening_kernel(images, 2, eps=5e-4)
+  norms = np.linalg.norm(kernel.reshape(12, 24)[:, :12], axis=0)
+  assert np.all(np.diff(norms) >= -1e-6)  # largest eigenvalue (smallest gain) first
+
+
+@needs_shared_data
+def test_whitening_from_real_images_has_unit_scale():
+  from varjax import data
+  images, _ = data.read_cifar10_binary_file(str(CIFAR10_BINARY / 'data_batch_1.bin'))
+  kernel = airbench.whitening_kernel_for(images, airbench_config())
+  assert kernel.shape == (2, 2, 3, 24) and np.all(np.isfinite(kernel))
+
+
+def airbench_config():
+  import ml_collections
+  return ml_collections.ConfigDict(dict(whiten_num_images=500, whiten_kernel_size=2,
+                                        whiten_eps=5e-4))
+
+
+def test_dirac_init_starts_as_identity():
+  kernel = airbench.dirac_init(jax.random.key(0), (3, 3, 4, 6))
+  x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
+  y = airbench.conv2d(jnp.asarray(x), kernel, 'SAME')
+  np.testing.assert_allclose(y[..., :4], x, atol=1e-6)
+  assert not np.allclose(kernel[..., 4:], 0)
+
+
+def test_max_pool_matches_numpy():
+  x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype(np.float32)
+  want = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+  np.testing.assert_array_equal(airbench.max_pool(jnp.asarray(x), 2), want)
+
+
+def test_batchnorm_train_and_running_stats_match_numpy():
+  bn = airbench.BatchNorm(momentum=0.6, epsilon=1e-12)
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 3, 3, 5)).astype(np.float32)
+  variables = bn.init(jax.random.key(0), x, train=False)
+  y, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+  mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-12), atol=1e-4)
+  count = 4 * 3 * 3
+  np.testing.assert_allclose(updates['batch_stats']['mean'], 0.4 * mean, rtol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['var'],
+                             0.6 + 0.4 * var * count / (count - 1), rtol=1e-5)
+
+
+def test_forward_shapes_and_intermediates():
+  model = airbench.Airbench(widths=(4, 8, 8))
+  variables = airbench.init_variables(model, jax.random.key(0), np.zeros((2, 2, 3, 24)))
+  x = jnp.zeros((3, 32, 32, 3))
+  logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  assert logits.shape == (3, 10)
+  assert len(state['intermediates']) == 3

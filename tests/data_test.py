@@ -1,0 +1,129 @@
+"""Data loading: the binary format, its checks, the holdout split, and the tfds path."""
+
+import hashlib
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from varjax import data
+
+from conftest import CIFAR10_BINARY, needs_shared_data
+
+
+def encode_records(images, labels):
+  """CIFAR-10 binary records written independently of the decoder: label, R, G, B planes."""
+  out = bytearray()
+  for image, label in zip(images, labels):
+    out.append(int(label))
+    out += image.transpose(2, 0, 1).tobytes()
+  return bytes(out)
+
+
+def data_config(**kw):
+  c = ml_collections.ConfigDict(dict(source='cifar10_binary', dir=None, test_split='test',
+                                     holdout_size=10, train_size=None, verify_checksums=False))
+  c.update(kw)
+  return c
+
+
+def write_dir(path, per_file=6, with_test=True):
+  rng = np.random.default_rng(0)
+  for name in data.TRAIN_FILES + ((data.TEST_FILE,) if with_test else ()):
+    images = rng.integers(0, 256, (per_file, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, per_file)
+    (path / name).write_bytes(encode_records(images, labels))
+  return path
+
+
+def test_decode_records_roundtrip():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  labels = np.array([0, 9, 4])
+  got_images, got_labels = data.decode_cifar10_records(encode_records(images, labels))
+  np.testing.assert_array_equal(got_images, images)
+  np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_truncated_buffer_is_rejected():
+  with pytest.raises(data.DataError, match='not a whole number'):
+    data.decode_cifar10_records(b'\x00' * (data.RECORD_BYTES + 5))
+
+
+def test_load_binary_with_test_file(tmp_path):
+  ds = data.load(data_config(dir=str(write_dir(tmp_path))))
+  assert ds.train_images.shape == (30, 32, 32, 3) and ds.test_images.shape == (6, 32, 32, 3)
+  assert ds.test_name == 'test'
+
+
+def test_missing_test_file_says_how_to_proceed(tmp_path):
+  with pytest.raises(data.DataError, match='test_split=holdout'):
+    data.load(data_config(dir=str(write_dir(tmp_path, with_test=False))))
+
+
+def test_holdout_is_the_last_training_images(tmp_path):
+  d = write_dir(tmp_path, with_test=False)
+  full = data.load_cifar10_binary(str(d), with_test=False, verify_checksums=False)
+  ds = data.load(data_config(dir=str(d), test_split='holdout', holdout_size=10, train_size=8))
+  np.testing.assert_array_equal(ds.test_images, full[0][-10:])
+  np.testing.assert_array_equal(ds.train_images, full[0][:8])
+
+
+def test_missing_directory_and_files(tmp_path):
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load(data_config(dir=str(tmp_path / 'nope')))
+  with pytest.raises(data.DataError, match='data_batch_1.bin'):
+    data.load(data_config(dir=str(tmp_path)))
+  with pytest.raises(data.DataError, match='data.dir'):
+    data.load(data_config(dir=None))
+
+
+def test_wrong_size_of_a_known_file(tmp_path):
+  write_dir(tmp_path)
+  with pytest.raises(data.DataError, match='truncated or corrupt'):
+    data.load(data_config(dir=str(tmp_path), verify_checksums=True))
+
+
+def test_wrong_checksum_of_a_known_file(tmp_path):
+  path = tmp_path / 'data_batch_1.bin'
+  path.write_bytes(bytes(10_000 * data.RECORD_BYTES))
+  with pytest.raises(data.DataError, match='md5'):
+    data.read_cifar10_binary_file(str(path), verify_checksum=True)
+
+
+def test_bad_source_and_split():
+  with pytest.raises(data.DataError, match='data.source'):
+    data.load(data_config(source='imagenet'))
+  with pytest.raises(data.DataError, match='test_split'):
+    data.load(data_config(test_split='val'))
+
+
+@needs_shared_data
+def test_shared_files_match_published_checksums():
+  for name in data.TRAIN_FILES:
+    digest = hashlib.md5((CIFAR10_BINARY / name).read_bytes()).hexdigest()
+    assert digest == data.KNOWN_MD5[name]
+
+
+@needs_shared_data
+def test_shared_holdout_split():
+  ds = data.load(data_config(dir=str(CIFAR10_BINARY), test_split='holdout',
+                             holdout_size=10_000, verify_checksums=True))
+  assert len(ds.train_images) == 40_000 and len(ds.test_images) == 10_000
+  assert np.bincount(ds.test_labels, minlength=10).min() > 900  # roughly balanced
+
+
+def test_tfds_source_under_mock_data():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load(data_config(source='tfds', test_split='test'))
+  assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
+  assert ds.test_labels.shape == (12,) and ds.test_name == 'test'
+  assert ds.train_labels.max() < 10
+
+
+def test_tfds_missing_dataset_is_a_clear_error(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  with pytest.raises(data.DataError, match='cifar10_binary'):
+    data.load(data_config(source='tfds', dir=str(tmp_path)))

@@ -1,0 +1,79 @@
+"""One model's step on fake data (the flax-examples train_test), and its pieces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from varjax import ensemble
+from varjax import step as step_lib
+from varjax.models import airbench
+
+from conftest import random_images, tiny_config
+
+
+def test_smoothed_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 10)).astype(np.float32)
+  labels = rng.integers(0, 10, 5)
+  s = 0.2
+  targets = np.full((5, 10), s / 10) + (1 - s) * np.eye(10)[labels]
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  want = -(targets * log_probs).sum()
+  got = step_lib.smoothed_cross_entropy_sum(jnp.asarray(logits), jnp.asarray(labels), s)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_plan_counts_steps_like_airbench():
+  plan = step_lib.StepPlan.from_config(
+      tiny_config(**{'train.batch_size': 1024, 'train.epochs': 9.9,
+                     'train.whiten_bias_epochs': 3}), num_train=50_000)
+  assert plan.steps_per_epoch == 48 and plan.total_steps == 476  # SPEC: about 476 steps
+  assert plan.num_epochs == 10 and plan.whiten_bias_steps == 144
+  epochs = list(plan.epochs())
+  assert len(epochs) == 10 and len(epochs[-1][1]) == 476 - 9 * 48
+
+
+def test_lr_scales_freeze_whitening_and_boost_norm_biases():
+  model = airbench.Airbench(widths=(4, 8, 8))
+  params = airbench.init_variables(model, jax.random.key(0), np.zeros((2, 2, 3, 24)))['params']
+  scales = step_lib.lr_scales(params, 64.0)
+  assert scales['whiten_kernel'] == 0.0 and scales['whiten_bias'] == 1.0
+  assert scales['group1']['norm1']['bias'] == 64.0
+  assert scales['group1']['conv1'] == 1.0  # plain conv module: its param is the kernel
+
+
+def class_colour_images(n, seed=0):
+  """A task a tiny net learns in a few steps: the class sets the mean colour."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  palette = rng.integers(30, 226, (10, 3))
+  noise = rng.normal(0, 20, (n, 32, 32, 3))
+  images = np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+  return images, labels
+
+
+def test_train_step_on_fake_data_learns_and_freezes_what_it_should():
+  # Summed loss over a batch of 16: airbench's lr units need a larger lr here.
+  config = tiny_config(**{'train.whiten_bias_epochs': 0.25, 'train.epochs': 20, 'opt.lr': 50.0,
+                          'lookahead.enabled': False})
+  images, labels = class_colour_images(64)
+  plan = step_lib.StepPlan.from_config(config, 64)
+  model = airbench.from_config(config.model)
+  hparams = jax.tree.map(lambda v: v[0], ensemble.model_hparams(config, 1))
+  kernel = airbench.whitening_kernel_for(images, config.model)
+  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
+  step = jax.jit(step_lib.make_train_step(model, plan))
+  key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
+  biases, accuracies = [state['params']['whiten_bias']], []
+  for s in range(plan.total_steps):
+    state, metrics = step(state, hparams, key, order, images, labels, s)
+    biases.append(state['params']['whiten_bias'])
+    accuracies.append(float(metrics['accuracy']))
+  np.testing.assert_array_equal(state['params']['whiten_kernel'], kernel)
+  assert plan.whiten_bias_steps == 1 and plan.total_steps == 80
+  assert not np.array_equal(biases[0], biases[1])  # trains in step 0 ...
+  for b in biases[2:]:
+    np.testing.assert_array_equal(b, biases[1])  # ... and is frozen afterwards
+  logits = step_lib.make_eval_logits(model, 0)(step_lib.final_variables(state, plan), images)
+  assert (np.asarray(logits).argmax(-1) == labels).mean() > 0.3  # chance is 0.1
