@@ -101,6 +101,13 @@ def get_config(arg=None):
   # Models unrolled in one scan iteration of the step; must divide the models
   # per device. None: chosen automatically from the backend.
   c.ensemble.models_per_chunk = config_dict.placeholder(int)
+  # How a chunk's models run: 'unrolled' (dense per-model ops; bit-identical to a
+  # model run alone), 'vmap' (batched ops; faster on accelerators), 'auto'
+  # (unrolled on CPU, vmap elsewhere).
+  c.ensemble.formulation = 'auto'
+  # 'float32' | 'bfloat16' (activations and convs; BatchNorm statistics, loss
+  # and optimiser stay float32).
+  c.ensemble.compute_dtype = 'float32'
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 0  # 0: log once per epoch

@@ -20,7 +20,7 @@ lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
 randomness.vary
-ensemble.models_per_chunk
+ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype
 log.every_steps
 """.split())
 
