@@ -108,6 +108,13 @@ def get_config(arg=None):
   # 'float32' | 'bfloat16' (activations and convs; BatchNorm statistics, loss
   # and optimiser stay float32).
   c.ensemble.compute_dtype = 'float32'
+  # How chunks are iterated: 'scan' (one jitted while loop), 'host' (one jitted
+  # call per chunk; XLA:CPU runs convolutions inside loops ~10x slower), 'auto'
+  # (host on CPU, scan elsewhere).
+  c.ensemble.chunk_loop = 'auto'
+  # Kernel gradient of 3x3 convs: 'xla', 'matmul' (9 matmuls; ~2x faster on
+  # XLA:CPU for 31x31 maps), 'auto' (matmul for maps >= 24 px on CPU, else xla).
+  c.ensemble.conv_weight_grad = 'auto'
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 0  # 0: log once per epoch

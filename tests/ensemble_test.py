@@ -26,7 +26,7 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
     orders = ens.orders(epoch)
     for s in steps:
       state, _ = ens.train_step(state, orders, images, labels, s)
-  logits = jax.jit(ens.eval_logits)(state, images[:8])
+  logits = ens.logits(state, jax.numpy.asarray(images[:8]))
   final = step_lib.final_variables(state, ens.plan)
   return jax.tree.map(np.asarray, final), np.asarray(logits)
 

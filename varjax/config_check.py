@@ -20,7 +20,8 @@ lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
 randomness.vary
-ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype
+ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
+ensemble.conv_weight_grad
 log.every_steps
 """.split())
 

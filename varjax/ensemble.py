@@ -75,6 +75,39 @@ def resolve_formulation(formulation, platform):
   return formulation
 
 
+CHUNK_LOOPS = ('auto', 'scan', 'host')
+
+
+def resolve_chunk_loop(chunk_loop, platform):
+  """'auto': 'host' on CPU (XLA:CPU runs convolutions inside a while loop up to
+  ~10x slower, measured), 'scan' elsewhere (one dispatch per step)."""
+  if chunk_loop == 'auto':
+    return 'host' if platform == 'cpu' else 'scan'
+  return chunk_loop
+
+
+CONV_WEIGHT_GRADS = ('auto', 'xla', 'matmul')
+CPU_MATMUL_GRAD_MIN_SIZE = 24  # measured crossover on XLA:CPU (models/conv.py)
+
+
+def matmul_grad_min_size(conv_weight_grad, platform):
+  """Smallest map width whose 3x3 convs take the matmul kernel gradient."""
+  if conv_weight_grad == 'matmul':
+    return 0
+  if conv_weight_grad == 'auto' and platform == 'cpu':
+    return CPU_MATMUL_GRAD_MIN_SIZE
+  return airbench.NEVER
+
+
+def run_chunk(fn, chunk, shared, formulation):
+  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0)."""
+  if formulation == 'vmap':
+    return jax.vmap(lambda m: fn(m, *shared))(chunk)
+  c = jax.tree.leaves(chunk)[0].shape[0]
+  outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   """Applies ``fn(per_model_args, *shared)`` to every model of stacked pytrees.
 
@@ -95,17 +128,35 @@ def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
       raise ValueError(f'{n} models per device is not a multiple of '
                        f'ensemble.models_per_chunk={c}.')
     chunks = jax.tree.map(lambda x: x.reshape((n // c, c) + x.shape[1:]), per_model)
-
-    def body(carry, chunk):
-      if formulation == 'vmap':
-        return carry, jax.vmap(lambda m: fn(m, *shared))(chunk)
-      outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
-      return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-    _, out = jax.lax.scan(body, None, chunks)
+    _, out = jax.lax.scan(lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation)),
+                          None, chunks)
     return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
 
   return mapped
+
+
+def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
+  """The body of a host loop over chunks: ``(outputs, chunk, *args) -> outputs``.
+
+  ``num_per_model`` counts the stacked arguments after ``outputs``.
+
+  Runs ``fn(per_model_args, *shared)`` on models ``[chunk * c, (chunk + 1) * c)``
+  of the stacked arguments and writes the results into that slice of
+  ``outputs`` (a pytree stacked like ``fn``'s result; donate it to update in
+  place). ``fn`` sees the chunk's current outputs as its first per-model
+  argument, so a state can be updated where it lies.
+  """
+  c = models_per_chunk
+
+  def chunk_fn(outputs, chunk, *per_model_and_shared):
+    per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
+    start = chunk * c
+    take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)
+    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation)
+    put = lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o.astype(buf.dtype), start, 0)
+    return jax.tree.map(put, outputs, out)
+
+  return chunk_fn
 
 
 def model_hparams(config, num_models):
@@ -148,6 +199,10 @@ class Ensemble:
       raise config_check.ConfigError(f'ensemble.formulation must be one of {FORMULATIONS}, '
                                      f'got {config.ensemble.formulation!r}.')
     self.formulation = resolve_formulation(config.ensemble.formulation, platform)
+    if config.ensemble.chunk_loop not in CHUNK_LOOPS:
+      raise config_check.ConfigError(f'ensemble.chunk_loop must be one of {CHUNK_LOOPS}, '
+                                     f'got {config.ensemble.chunk_loop!r}.')
+    self.chunk_loop = resolve_chunk_loop(config.ensemble.chunk_loop, platform)
     if config.ensemble.compute_dtype not in COMPUTE_DTYPES:
       raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
                                      f'{tuple(COMPUTE_DTYPES)}, got '
@@ -159,7 +214,12 @@ class Ensemble:
       raise config_check.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
                        f'choose from {PURPOSES}.')
     self.seed = config.seed
-    self.model = airbench.from_config(config.model, dtype)
+    if config.ensemble.conv_weight_grad not in CONV_WEIGHT_GRADS:
+      raise config_check.ConfigError(f'ensemble.conv_weight_grad must be one of '
+                                     f'{CONV_WEIGHT_GRADS}, got '
+                                     f'{config.ensemble.conv_weight_grad!r}.')
+    self.model = airbench.from_config(
+        config.model, dtype, matmul_grad_min_size(config.ensemble.conv_weight_grad, platform))
     self.plan = step_lib.StepPlan.from_config(config, num_train)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
@@ -175,6 +235,19 @@ class Ensemble:
     specs = (P(MODELS),) * num_per_model + (P(),) * num_shared
     return jax.shard_map(mapped, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
                          check_vma=False)
+
+  def _sharded_chunk(self, fn, num_per_model, num_shared):
+    """shard_map(update_chunk(fn)), jitted with the outputs donated."""
+    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation)
+    specs = (P(MODELS), P()) + (P(MODELS),) * num_per_model + (P(),) * num_shared
+    sharded = jax.shard_map(body, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
+                            check_vma=False)
+    return jax.jit(sharded, donate_argnums=0)
+
+  @property
+  def num_chunks(self):
+    """Chunks per device: the trip count of the chunk loop."""
+    return self.num_models // self.mesh.devices.size // self.models_per_chunk
 
   def _build(self):
     plan, model, seed, vary = self.plan, self.model, self.seed, self.vary
@@ -202,11 +275,20 @@ class Ensemble:
       state, = per_model
       return eval_logits(step_lib.final_variables(state, plan), images)
 
+    # Init and orders are cheap and run once per run / epoch: always one scan.
     self._init = jax.jit(self._sharded(init_one, 2, 1))
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
-    # The state (first argument) is donated: updated in place, no second copy.
-    self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
-    self.eval_logits = self._sharded(eval_one, 1, 1)  # composed with analysis by the caller
+    if self.chunk_loop == 'scan':
+      # The state (first argument) is donated: updated in place, no second copy.
+      self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
+      self._logits = jax.jit(self._sharded(eval_one, 1, 1))
+    else:
+      # outputs = (state, metrics); the state is read from the outputs slice.
+      step_chunk = lambda per_model, *shared: step_one(
+          (per_model[0][0],) + tuple(per_model[1:]), *shared)
+      self._step_chunk = self._sharded_chunk(step_chunk, 3, 3)
+      logits_chunk = lambda per_model, images: eval_one(per_model[1:], images)
+      self._logits_chunk = self._sharded_chunk(logits_chunk, 1, 1)
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""
@@ -217,7 +299,29 @@ class Ensemble:
     """(N, num_train) int32: each model's permutation of the training set for ``epoch``."""
     return self._orders(self.ids, jnp.int32(epoch))
 
-  def train_step(self, state, orders, images, labels, step):
-    """One optimiser step of every model; ``state`` is donated."""
-    return self._step(state, self.hparams, self.ids, orders, images, labels, jnp.int32(step))
+  def _zeros(self, shape, dtype=jnp.float32):
+    """A model-sharded (N, *shape) buffer for the chunk loop to fill."""
+    return jax.device_put(np.zeros((self.num_models,) + shape, dtype), model_sharding(self.mesh))
 
+  def train_step(self, state, orders, images, labels, step):
+    """One optimiser step of every model; ``state`` is donated.
+
+    Returns (state, metrics) with metrics {'loss', 'accuracy'}, each (N,).
+    """
+    step = jnp.int32(step)
+    if self.chunk_loop == 'scan':
+      return self._step(state, self.hparams, self.ids, orders, images, labels, step)
+    outputs = (state, {'loss': self._zeros(()), 'accuracy': self._zeros(())})
+    for chunk in range(self.num_chunks):
+      outputs = self._step_chunk(outputs, jnp.int32(chunk), self.hparams, self.ids, orders,
+                                 images, labels, step)
+    return outputs
+
+  def logits(self, state, images):
+    """(N, b, K) float32 TTA logits of every model's final weights, left on the device."""
+    if self.chunk_loop == 'scan':
+      return self._logits(state, images)
+    out = self._zeros((images.shape[0], self.model.num_classes))
+    for chunk in range(self.num_chunks):
+      out = self._logits_chunk(out, jnp.int32(chunk), state, images)
+    return out

@@ -53,24 +53,24 @@ def prepare_workdir(workdir, config):
 def make_evaluator(ens, num_examples, num_classes, batch_size):
   """Returns evaluate(state, images, labels) -> analysis results (host NumPy).
 
-  Test images and labels live on the device; each batch's TTA logits go
-  straight into the analysis accumulators inside one jitted function.
+  Test images and labels live on the device; each batch's TTA logits stay
+  there and go straight into the analysis accumulators.
   """
 
-  def eval_batch(state, stats, images, labels, start, size):
+  def take(images, labels, start, size):
     x = jax.lax.dynamic_slice_in_dim(images, start, size)
     y = jax.lax.dynamic_slice_in_dim(labels, start, size)
-    ids = start + jnp.arange(size, dtype=jnp.int32)
-    return analysis.update(stats, ens.eval_logits(state, x), y, ids)
+    return x, y, start + jnp.arange(size, dtype=jnp.int32)
 
-  eval_batch = jax.jit(eval_batch, static_argnums=5, donate_argnums=1)
+  take = jax.jit(take, static_argnums=3)
+  update = jax.jit(analysis.update, donate_argnums=0)
   finalize = jax.jit(analysis.finalize)
 
   def evaluate(state, images, labels):
     stats = analysis.init(ens.num_models, num_examples, num_classes, ens.groups)
     for start in range(0, num_examples, batch_size):
-      size = min(batch_size, num_examples - start)
-      stats = eval_batch(state, stats, images, labels, jnp.int32(start), size)
+      x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
+      stats = update(stats, ens.logits(state, x), y, ids)
     return jax.tree.map(np.asarray, finalize(stats))
 
   return evaluate

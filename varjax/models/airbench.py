@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax import data as data_lib
+from varjax.models import conv as conv_lib
 
 WHITEN_PATCH_CHANNELS = 3
+NEVER = 1 << 30
 
 
 def torch_default_init(key, shape, dtype=jnp.float32):
@@ -42,10 +44,10 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
-def conv2d(x, kernel, padding):
-  return jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def conv3x3(x, kernel, matmul_grad_min_size):
+  """SAME 3x3 conv; maps at least ``matmul_grad_min_size`` wide take the matmul kernel gradient."""
+  weight_grad = 'matmul' if x.shape[2] >= matmul_grad_min_size else 'xla'
+  return conv_lib.conv3x3(x, kernel, weight_grad)
 
 
 def max_pool(x, size):
@@ -88,16 +90,17 @@ class ConvGroup(nn.Module):
   bn_momentum: float
   bn_eps: float
   gelu_approximate: bool
+  matmul_grad_min_size: int
 
   @nn.compact
   def __call__(self, x, train: bool):
     act = lambda v: jax.nn.gelu(v, approximate=self.gelu_approximate)
     k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
-    x = conv2d(x, k1, 'SAME')
+    x = conv3x3(x, k1, self.matmul_grad_min_size)
     x = max_pool(x, 2)
     x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
     k2 = self.param('conv2', dirac_init, (3, 3, self.width, self.width))
-    x = conv2d(x, k2, 'SAME')
+    x = conv3x3(x, k2, self.matmul_grad_min_size)
     x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm2')(x, train))
     return x
 
@@ -112,6 +115,9 @@ class Airbench(nn.Module):
   gelu_approximate: bool = False
   num_classes: int = 10
   dtype: jnp.dtype = jnp.float32  # compute dtype; BN statistics stay float32
+  # 3x3 convs on maps at least this wide use the matmul kernel gradient
+  # (models/conv.py); a speed choice, the same maths.
+  matmul_grad_min_size: int = NEVER
 
   @property
   def whiten_width(self):
@@ -127,11 +133,12 @@ class Airbench(nn.Module):
                    (k, k, WHITEN_PATCH_CHANNELS, self.whiten_width))
     b = self.param('whiten_bias', torch_default_init_bias(k * k * WHITEN_PATCH_CHANNELS),
                    (self.whiten_width,))
-    x = conv2d(x, w, 'VALID') + b.astype(self.dtype)
+    # Frozen filters: no kernel gradient to compute.
+    x = conv_lib.lax_conv(x, jax.lax.stop_gradient(w), 'VALID') + b.astype(self.dtype)
     x = jax.nn.gelu(x, approximate=self.gelu_approximate)
     for i, width in enumerate(self.widths):
       x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
-                    name=f'group{i + 1}')(x, train)
+                    self.matmul_grad_min_size, name=f'group{i + 1}')(x, train)
       # Pooled embedding per group, for probes (prediction depth); free unless
       # the caller asks for the 'intermediates' collection.
       self.sow('intermediates', f'embedding{i + 1}', x.max(axis=(1, 2)))
@@ -146,8 +153,8 @@ def torch_default_init_bias(fan_in):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def from_config(model_config, dtype=jnp.float32):
-  return Airbench(widths=tuple(model_config.widths),
+def from_config(model_config, dtype=jnp.float32, matmul_grad_min_size=NEVER):
+  return Airbench(widths=tuple(model_config.widths), matmul_grad_min_size=matmul_grad_min_size,
                   whiten_kernel_size=model_config.whiten_kernel_size,
                   bn_momentum=model_config.bn_momentum, bn_eps=model_config.bn_eps,
                   head_scale=model_config.head_scale,
