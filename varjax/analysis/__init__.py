@@ -1,0 +1,19 @@
+"""On-device variance analysis of an ensemble's test logits (SPEC §2-3).
+
+Logits of N models arrive one test batch at a time and fold into small
+accumulators that stay on the device; only ``finalize``'s results come back.
+
+Example:
+  >>> state = init(num_models, num_examples, num_classes, groups)          # doctest: +SKIP
+  >>> for ids, x, y in batches:                                             # doctest: +SKIP
+  ...   state = update(state, logits_fn(x), y, ids)
+  >>> print('\\n'.join(report_lines(finalize(state))))                     # doctest: +SKIP
+"""
+
+from varjax.analysis.accumulate import init
+from varjax.analysis.accumulate import update
+from varjax.analysis.core import analyze
+from varjax.analysis.core import finalize
+from varjax.analysis.report import report_lines
+
+__all__ = ['init', 'update', 'finalize', 'analyze', 'report_lines']

@@ -1,0 +1,133 @@
+"""Streaming accumulators: logits of N models fold into small device arrays.
+
+The state is a dict of arrays whose shapes carry every static size (N, n, K,
+groups, bootstrap resamples, alpha grid), so ``update`` jits with the state as a
+plain pytree and never needs the host. All per-batch reductions are elementwise,
+reductions over the batch, or contractions with the (N, G) one-hot membership,
+so logits sharded on the models axis give the same result.
+
+Example:
+  >>> state = init(4, 100, 10, groups=[0, 0, 1, 1])
+  >>> state = update(state, logits[:, :50], labels[:50], jnp.arange(50))   # doctest: +SKIP
+  >>> state = update(state, logits[:, 50:], labels[50:], jnp.arange(50, 100))  # doctest: +SKIP
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_ECE_BINS = 15
+DEFAULT_ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(10))
+
+
+def init(num_models, num_examples, num_classes, groups=None, *, num_bootstrap=1000,
+         alpha_grid=None, seed=0):
+  """Empty accumulators for ``num_models`` models on ``num_examples`` examples.
+
+  Args:
+    num_models: N.
+    num_examples: n; example ids passed to ``update`` lie in [0, n).
+    num_classes: K.
+    groups: optional int array (N,) of group ids 0..G-1 (one hyperparameter point
+      of a sweep each); default: all models in group 0.
+    num_bootstrap: resamples for ``std_accuracy_ci`` and ``alpha_trim``.
+    alpha_grid: increasing trimming levels in [0, 0.5); default 0, 0.05, ..., 0.45.
+    seed: seeds both bootstraps.
+
+  Returns:
+    A dict of device arrays (see ``update``).
+
+  Example:
+    >>> state = init(8, 10_000, 10, groups=[0] * 4 + [1] * 4, num_bootstrap=200)
+  """
+  n, k = num_examples, num_classes
+  groups = np.zeros(num_models, np.int32) if groups is None else np.asarray(groups)
+  if groups.shape != (num_models,) or groups.min() < 0:
+    raise ValueError(f'groups must be {num_models} ints >= 0, got {groups!r}')
+  num_groups = int(groups.max()) + 1
+  grid = np.asarray(DEFAULT_ALPHA_GRID if alpha_grid is None else alpha_grid, np.float32)
+  if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0) or grid[0] < 0 or (
+      grid[-1] >= 0.5):
+    raise ValueError(f'alpha_grid must increase within [0, 0.5), got {grid!r}')
+  if num_bootstrap < 1:
+    raise ValueError(f'num_bootstrap must be >= 1, got {num_bootstrap}')
+  i32, f32 = jnp.int32, jnp.float32
+  return {
+      'member': jnp.asarray(np.eye(num_groups, dtype=np.float32)[groups]),
+      'labels': jnp.zeros((n,), i32),
+      'correct': jnp.zeros((num_models,), i32),
+      'correct_even': jnp.zeros((num_models,), i32),
+      'correct_odd': jnp.zeros((num_models,), i32),
+      'ece_count': jnp.zeros((num_models, NUM_ECE_BINS), i32),
+      'ece_conf': jnp.zeros((num_models, NUM_ECE_BINS), f32),
+      'ece_correct': jnp.zeros((num_models, NUM_ECE_BINS), i32),
+      'margin': jnp.zeros((num_models, n), f32),
+      'both_correct': jnp.zeros((num_models, num_models), i32),
+      'same_pred': jnp.zeros((num_models, num_models), i32),
+      'votes': jnp.zeros((num_groups, n, k), i32),
+      'group_correct': jnp.zeros((num_groups, n), i32),
+      'prob_sum': jnp.zeros((num_groups, n, k), f32),
+      'alpha_grid': jnp.asarray(grid),
+      # One key per resample: the shape carries num_bootstrap, the values the seed.
+      'bootstrap_keys': jax.random.key_data(
+          jax.random.split(jax.random.key(seed), num_bootstrap)),
+  }
+
+
+def _count(x):
+  """Exact small counts from a float contraction (each <= batch size < 2**24)."""
+  return jnp.round(x).astype(jnp.int32)
+
+
+def true_class_margin(logits, labels):
+  """Logit of the label minus the largest other logit, shape (N, b)."""
+  is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  true = jnp.sum(jnp.where(is_label, logits, 0), axis=-1)
+  other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+  return true - other
+
+
+@jax.jit
+def update(state, logits, labels, example_ids):
+  """Folds one batch of logits (N, b, K) into the accumulators.
+
+  Every example id must be seen exactly once over the whole stream; batches may
+  come in any order and size.
+
+  Example:
+    >>> state = update(state, logits, labels, ids)   # doctest: +SKIP
+  """
+  num_classes = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  ids = example_ids.astype(jnp.int32)
+  member = state['member']
+
+  pred = jnp.argmax(logits, axis=-1)                                    # (N, b)
+  correct = (pred == labels).astype(jnp.float32)                        # (N, b)
+  pred_1h = jax.nn.one_hot(pred, num_classes, dtype=jnp.float32)        # (N, b, K)
+  probs = jax.nn.softmax(logits, axis=-1)
+  conf = jnp.max(probs, axis=-1)
+  # Bin b holds b/15 < conf <= (b+1)/15.
+  bins = jnp.clip(jnp.ceil(conf * NUM_ECE_BINS).astype(jnp.int32) - 1, 0, NUM_ECE_BINS - 1)
+  bins_1h = jax.nn.one_hot(bins, NUM_ECE_BINS, dtype=jnp.float32)       # (N, b, 15)
+  even = (ids % 2 == 0).astype(jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+
+  new = dict(state)
+  new['labels'] = state['labels'].at[ids].set(labels)
+  new['correct'] = state['correct'] + _count(correct.sum(1))
+  new['correct_even'] = state['correct_even'] + _count(correct @ even)
+  new['correct_odd'] = state['correct_odd'] + _count(correct @ (1 - even))
+  new['ece_count'] = state['ece_count'] + _count(bins_1h.sum(1))
+  new['ece_conf'] = state['ece_conf'] + jnp.einsum('nb,nbj->nj', conf, bins_1h, precision=hi)
+  new['ece_correct'] = state['ece_correct'] + _count(
+      jnp.einsum('nb,nbj->nj', correct, bins_1h))
+  new['margin'] = state['margin'].at[:, ids].set(true_class_margin(logits, labels))
+  new['both_correct'] = state['both_correct'] + _count(correct @ correct.T)
+  new['same_pred'] = state['same_pred'] + _count(jnp.einsum('nbk,mbk->nm', pred_1h, pred_1h))
+  new['votes'] = state['votes'].at[:, ids].add(_count(jnp.einsum('ng,nbk->gbk', member, pred_1h)))
+  new['group_correct'] = state['group_correct'].at[:, ids].add(_count(member.T @ correct))
+  new['prob_sum'] = state['prob_sum'].at[:, ids].add(
+      jnp.einsum('ng,nbk->gbk', member, probs, precision=hi))
+  return new

@@ -1,0 +1,86 @@
+"""finalize (accumulators -> metrics) and analyze (a whole logits array at once).
+
+Example:
+  >>> results = analyze(logits, labels, groups=[0, 0, 1, 1], num_bootstrap=200)  # doctest: +SKIP
+  >>> results['std_accuracy'], results['distribution_std']                         # doctest: +SKIP
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from varjax.analysis import accumulate
+from varjax.analysis import agreement
+from varjax.analysis import calibration
+from varjax.analysis import trimming
+from varjax.analysis import variance
+
+
+def finalize(state):
+  """All metrics from the accumulators; jit-compatible, runs on the device.
+
+  Returns a dict of arrays: per model (N,) ``accuracy``, ``accuracy_even``,
+  ``accuracy_odd``, ``ece``, ``margin_median``, ``alpha_trim``; per group (G,)
+  ``num_models``, ``mean_accuracy``, ``std_accuracy``, ``std_accuracy_ci`` (G, 2),
+  ``independent_std``, ``independence_ratio``, ``distribution_var``,
+  ``distribution_std``, ``split_half_corr``, ``mean_disagreement``, ``mean_error``,
+  ``cace``, ``error_consistency``, ``mean_churn``, ``ensemble_accuracy_vote``,
+  ``ensemble_accuracy_softmax``; per group and example ``example_accuracy`` (G, n)
+  and ``vote_counts`` (G, n, K); pairwise (N, N) ``churn`` and ``error_kappa``.
+  Statistics that need two models are NaN for smaller groups.
+
+  Example:
+    >>> results = jax.jit(finalize)(state)   # doctest: +SKIP
+  """
+  member = state['member']
+  num_models, n = state['margin'].shape
+  size = member.sum(0)
+  acc = state['correct'] / n
+  acc_even = state['correct_even'] / ((n + 1) // 2)
+  acc_odd = state['correct_odd'] / max(n // 2, 1)
+
+  keys = jax.random.wrap_key_data(state['bootstrap_keys'])
+  example_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+  model_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  weights = jax.vmap(functools.partial(trimming.bootstrap_weights, n=n))(example_keys)
+  alpha_levels = trimming.alpha_trim_levels(state['margin'], member, state['alpha_grid'],
+                                            weights)
+
+  pair = agreement.pairwise(state['both_correct'], state['same_pred'], state['correct'], n)
+  vote_acc, softmax_acc = agreement.ensemble_accuracy(
+      state['votes'], state['prob_sum'], state['labels'], size)
+  results = {
+      'accuracy': acc,
+      'accuracy_even': acc_even,
+      'accuracy_odd': acc_odd,
+      'ece': calibration.ece(state['ece_conf'], state['ece_correct'], n),
+      'margin_median': jnp.median(state['margin'], axis=1),
+      'alpha_trim': jnp.mean(alpha_levels, axis=0),
+      **variance.variance_stats(acc, acc_even, acc_odd, member, state['group_correct']),
+      'std_accuracy_ci': variance.std_accuracy_ci(acc, member, model_keys),
+      'mean_disagreement': agreement.mean_disagreement(state['votes'], size),
+      'cace': calibration.cace(state['votes'], state['labels'], size, num_models),
+      'error_consistency': agreement.group_pair_mean(pair['error_kappa'], member),
+      'mean_churn': agreement.group_pair_mean(pair['churn'], member),
+      'ensemble_accuracy_vote': vote_acc,
+      'ensemble_accuracy_softmax': softmax_acc,
+      'vote_counts': state['votes'],
+      **pair,
+  }
+  return results
+
+
+def analyze(logits, labels, groups=None, batch_size=1000, **init_kwargs):
+  """Streams a full (N, n, K) logits array through init / update / finalize.
+
+  Example:
+    >>> results = analyze(logits, labels, num_bootstrap=100)   # doctest: +SKIP
+  """
+  num_models, n, k = logits.shape
+  state = accumulate.init(num_models, n, k, groups, **init_kwargs)
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    state = accumulate.update(state, logits[:, start:stop], labels[start:stop],
+                              jnp.arange(start, stop, dtype=jnp.int32))
+  return jax.jit(finalize)(state)
