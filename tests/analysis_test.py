@@ -336,3 +336,13 @@ def test_report_lines(planted):
   text = '\n'.join(lines)
   assert lines[0].startswith('lr=0.5 (4 models): accuracy') and 'solo (1 models)' in text
   assert all(isinstance(line, str) for line in lines) and 'ensemble accuracy' in text
+
+
+def test_key_lists_name_every_result_by_its_shape(planted):
+  _, _, r = planted
+  names = (analysis.PER_MODEL_KEYS + analysis.PER_GROUP_KEYS + analysis.PER_EXAMPLE_KEYS
+           + analysis.PAIRWISE_KEYS)
+  assert sorted(names) == sorted(r) and len(set(names)) == len(names)
+  assert all(r[k].shape == (8,) for k in analysis.PER_MODEL_KEYS)
+  assert all(r[k].shape[0] == 3 for k in analysis.PER_GROUP_KEYS + analysis.PER_EXAMPLE_KEYS)
+  assert all(r[k].shape == (8, 8) for k in analysis.PAIRWISE_KEYS)

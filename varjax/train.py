@@ -5,7 +5,8 @@ The whole loop of one run. Outputs in ``workdir``:
   metrics.jsonl   one JSON line per epoch (and every ``log.every_steps``);
   tensorboard/    the same scalars for TensorBoard;
   summary.json    per-model and per-group results (see ``write_summary``);
-  per_example.npz per-example accuracy and vote counts per group.
+  per_example.npz per-example accuracy and vote counts per group, labels, the
+                  model groups, and pairwise churn / error kappa.
 """
 
 import json
@@ -27,6 +28,8 @@ from varjax.models import airbench
 SUMMARY_FILE = 'summary.json'
 PER_EXAMPLE_FILE = 'per_example.npz'
 CONFIG_FILE = 'config.json'
+# Large arrays: per example (G, n[, K]) and per pair of models (N, N).
+PER_EXAMPLE_KEYS = analysis.PER_EXAMPLE_KEYS + analysis.PAIRWISE_KEYS
 
 
 class WorkdirError(RuntimeError):
@@ -146,7 +149,7 @@ def train_and_evaluate(config, workdir):
 def write_summary(workdir, ens, run_info, train_metrics, results, test_labels):
   """Writes summary.json and per_example.npz; returns the summary dict."""
   n = ens.num_models
-  per_model = {k: v for k, v in results.items() if np.ndim(v) == 1 and len(v) == n}
+  per_model = {k: results[k] for k in analysis.PER_MODEL_KEYS}
   hparams = jax.tree.map(np.asarray, ens.hparams)
   models = []
   for k in range(n):
@@ -155,21 +158,27 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels):
              'test_accuracy': float(results['accuracy'][k]),
              'train_loss': float(train_metrics['loss'][k]),
              'train_accuracy': float(train_metrics['accuracy'][k])}
-    entry.update({name: float(v[k]) for name, v in hparams.items()})
-    entry.update({name: float(v[k]) for name, v in per_model.items() if name != 'accuracy'})
+    entry.update({name: _json_value(v[k]) for name, v in hparams.items()})
+    entry.update({name: _json_value(v[k]) for name, v in per_model.items()
+                  if name != 'accuracy'})
     models.append(entry)
   num_groups = int(ens.groups.max()) + 1
-  per_group = {k: v for k, v in results.items()
-               if k not in per_model and np.shape(v)[:1] == (num_groups,)
-               and np.ndim(v) <= 2 and k not in ('example_accuracy',)}
-  groups = [{'group': g, **{k: np.asarray(v[g]).tolist() for k, v in per_group.items()}}
+  per_group = {k: results[k] for k in analysis.PER_GROUP_KEYS}
+  groups = [{'group': g, **{k: _json_value(v[g]) for k, v in per_group.items()}}
             for g in range(num_groups)]
   summary = {**run_info, 'num_models': n, 'models': models, 'groups': groups}
   _write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
-                      example_accuracy=results['example_accuracy'],
-                      vote_counts=results['vote_counts'])
+                      groups=np.asarray(ens.groups),
+                      **{k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS})
   return summary
+
+
+def _json_value(x):
+  """A float or list of floats, with NaN (statistics of groups too small) as null."""
+  x = np.asarray(x, np.float64)
+  return [None if np.isnan(v) else float(v) for v in x] if x.ndim else (
+      None if np.isnan(x) else float(x))
 
 
 def _write_json_atomic(path, obj):

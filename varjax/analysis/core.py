@@ -16,6 +16,17 @@ from varjax.analysis import calibration
 from varjax.analysis import trimming
 from varjax.analysis import variance
 
+# The shapes of finalize's results, by name (shapes alone are ambiguous when N = G).
+PER_MODEL_KEYS = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median',
+                  'alpha_trim')
+PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
+                  'independent_std', 'independence_ratio', 'distribution_var',
+                  'distribution_std', 'split_half_corr', 'mean_disagreement', 'mean_error',
+                  'cace', 'error_consistency', 'mean_churn', 'ensemble_accuracy_vote',
+                  'ensemble_accuracy_softmax')
+PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts')
+PAIRWISE_KEYS = ('churn', 'error_kappa')
+
 
 def finalize(state):
   """All metrics from the accumulators; jit-compatible, runs on the device.

@@ -1,0 +1,96 @@
+"""End to end through the command line: a tiny run, its outputs, and user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, needs_shared_data
+
+TINY = ('--config.num_models=3', '--config.model.widths=(4,8,8)',
+        '--config.model.whiten_num_images=64', '--config.data.train_size=256',
+        '--config.data.holdout_size=128', '--config.train.batch_size=64',
+        '--config.train.epochs=1', '--config.eval.batch_size=100')
+
+
+def run_main(workdir, *flags, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'varjax.main', '--config=experiments/airbench.py:smoke',
+         f'--workdir={workdir}', *TINY, *flags]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  proc = run_main(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+@needs_shared_data
+def test_run_writes_summary_metrics_and_per_example(finished_run):
+  workdir, proc = finished_run
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['num_models'] == 3 and summary['num_test'] == 128
+  assert [m['id'] for m in summary['models']] == [0, 1, 2]
+  for m in summary['models']:
+    assert 0 <= m['test_accuracy'] <= 1 and m['group'] == 0
+    for key in ('ece', 'margin_median', 'alpha_trim', 'accuracy_even', 'lr'):
+      assert key in m, key
+  (group,) = summary['groups']
+  accs = np.array([m['test_accuracy'] for m in summary['models']])
+  np.testing.assert_allclose(group['mean_accuracy'], accs.mean(), rtol=1e-6)
+  np.testing.assert_allclose(group['std_accuracy'], accs.std(ddof=1), rtol=1e-5)
+  assert len(group['std_accuracy_ci']) == 2
+  per_example = np.load(workdir / 'per_example.npz')
+  assert per_example['example_accuracy'].shape == (1, 128)
+  assert per_example['vote_counts'].shape == (1, 128, 10)
+  np.testing.assert_array_equal(per_example['vote_counts'].sum(-1), 3)
+  assert per_example['churn'].shape == (3, 3)
+  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert any('train_loss' in l for l in lines) and any('test_accuracy_mean' in l for l in lines)
+  assert 'independent-errors std' in proc.stderr
+
+
+@needs_shared_data
+def test_rerun_of_finished_workdir_is_refused(finished_run):
+  workdir, _ = finished_run
+  before = (workdir / 'summary.json').read_text()
+  proc = run_main(workdir)
+  assert proc.returncode == 2
+  assert 'holds a finished run' in proc.stderr and '--config.overwrite' in proc.stderr
+  assert (workdir / 'summary.json').read_text() == before
+
+
+def test_unknown_config_key_is_named(tmp_path):
+  proc = run_main(tmp_path, '--config.opt.lrr=1.0')
+  assert proc.returncode != 0 and 'lrr' in proc.stderr
+  assert not (tmp_path / 'summary.json').exists()
+
+
+def test_missing_data_directory_is_a_clear_error(tmp_path):
+  proc = run_main(tmp_path / 'w', f'--config.data.dir={tmp_path / "nowhere"}')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'nowhere' in proc.stderr and 'DataError' in proc.stderr
+
+
+@needs_shared_data
+@pytest.mark.parametrize('devices', [1, 3])
+def test_a_model_rerun_alone_or_sharded_matches_the_ensemble(finished_run, tmp_path, devices):
+  """Model 1 of the 3-model run, trained alone (1 device) or sharded 1 per device (3)."""
+  workdir, _ = finished_run
+  flags = (('--config.first_model_id=1', '--config.num_models=1') if devices == 1 else ())
+  proc = run_main(tmp_path, *flags, devices=devices)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ensemble = json.loads((workdir / 'summary.json').read_text())['models']
+  (other,) = [m for m in json.loads((tmp_path / 'summary.json').read_text())['models']
+              if m['id'] == 1]
+  want = dict(next(m for m in ensemble if m['id'] == 1))
+  if devices == 1:  # alpha_trim is measured against the rest of the group
+    del want['alpha_trim'], other['alpha_trim']
+  assert other == want
