@@ -92,6 +92,11 @@ def get_config(arg=None):
   c.eval.tta_level = 2  # 0: plain, 1: + mirror, 2: + 1-pixel translations
   c.eval.batch_size = 1000  # test images per model per evaluation batch
 
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.num_bootstrap = 1000  # resamples of models: 95% CI of each group's std
+  c.analysis.alpha_trim_resamples = 100  # resamples of the test set for alpha_trim
+  c.analysis.seed = 0  # of both bootstraps (not of the models)
+
   # Which sources of randomness differ between models (variance study, App. D);
   # a source not listed is shared by all models.
   c.randomness = ml_collections.ConfigDict()
@@ -112,24 +117,47 @@ def get_config(arg=None):
   # call per chunk; XLA:CPU runs convolutions inside loops ~10x slower), 'auto'
   # (host on CPU, scan elsewhere).
   c.ensemble.chunk_loop = 'auto'
-  # Kernel gradient of 3x3 convs: 'xla', 'matmul' (9 matmuls; ~2x faster on
-  # XLA:CPU for 31x31 maps), 'auto' (matmul for maps >= 24 px on CPU, else xla).
+  # Kernel gradient of 3x3 convs: 'xla', 'sliced' (XLA's, summed over slices of
+  # conv_grad_slice images: ~4x faster on XLA:CPU at batch 128-256), 'matmul'
+  # (9 matmuls), 'auto' (sliced on CPU, xla elsewhere). Same maths.
   c.ensemble.conv_weight_grad = 'auto'
+  c.ensemble.conv_grad_slice = 16
+
+  # A grid of per-model hyperparameters in one ensemble (varjax/sweep.py):
+  # points = product of the non-empty lists; num_models = points x seeds_per_point.
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.lr_multipliers = ()  # of opt.lr
+  c.sweep.weight_decay_multipliers = ()  # of opt.weight_decay
+  c.sweep.label_smoothings = ()  # absolute values
+  c.sweep.seeds_per_point = config_dict.placeholder(int)
+
+  # Resume: rerunning the same command on the same workdir continues from the
+  # latest checkpoint (varjax/checkpoint.py).
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 0  # 0: at the end of every epoch (and always at the end)
+  c.checkpoint.keep = 2  # most recent checkpoints kept
+  c.checkpoint.async_save = True  # write while the next steps train
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 0  # 0: log once per epoch
 
   if variant == 'cpu':
+    # Sized for 2 CPU cores (BENCHMARKS.md): 16 models x 10,000 images each.
     c.num_models = 16
     c.data.source = 'cifar10_binary'
     c.data.dir = SHARED_CIFAR10_DIR
     c.data.test_split = 'holdout'
-    c.data.train_size = 10_000
+    c.data.train_size = 5_000
     c.model.widths = (16, 32, 32)
-    c.train.batch_size = 256
-    c.train.epochs = 3
+    c.train.batch_size = 128
+    c.train.epochs = 2
     c.train.whiten_bias_epochs = 1
+    # Measured (2 models): lr 11.5 -> 39% holdout, 23 -> 48%, 46 -> 54%; a
+    # 2-epoch schedule wants a far larger step than airbench's 10 epochs.
+    c.opt.lr = 46.0
     c.eval.tta_level = 0
+    c.eval.batch_size = 200  # XLA:CPU convs run faster per image in small batches
+    c.analysis.alpha_trim_resamples = 20
   elif variant == 'smoke':
     c.num_models = 4
     c.data.source = 'cifar10_binary'
@@ -144,4 +172,6 @@ def get_config(arg=None):
     c.train.whiten_bias_epochs = 1
     c.eval.tta_level = 2
     c.eval.batch_size = 256
+    c.analysis.num_bootstrap = 200
+    c.analysis.alpha_trim_resamples = 8
   return c

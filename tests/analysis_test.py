@@ -113,7 +113,7 @@ def to_numpy(tree):
 def planted():
   logits, labels = planted_logits(len(GROUPS), 301, 5)
   results = to_numpy(analysis.analyze(jnp.asarray(logits), jnp.asarray(labels), GROUPS,
-                                      batch_size=128, num_bootstrap=16))
+                                      batch_size=128, num_bootstrap=16, alpha_trim_resamples=16))
   return logits, labels, results
 
 
@@ -143,7 +143,7 @@ def test_groups_equal_separate_analyses(planted):
   for g in range(2):
     idx = np.flatnonzero(GROUPS == g)
     alone = to_numpy(analysis.analyze(jnp.asarray(logits[idx]), jnp.asarray(labels),
-                                      batch_size=128, num_bootstrap=16))
+                                      batch_size=128, num_bootstrap=16, alpha_trim_resamples=16))
     for name in PER_GROUP + ('example_accuracy', 'vote_counts'):
       np.testing.assert_allclose(alone[name][0], together[name][g], rtol=1e-5, atol=1e-6,
                                  err_msg=name)
@@ -156,7 +156,7 @@ def test_groups_equal_separate_analyses(planted):
 def test_streaming_any_order_equals_one_shot(planted):
   logits, labels, one_shot = planted
   n = len(labels)
-  state = analysis.init(len(GROUPS), n, 5, GROUPS, num_bootstrap=16)
+  state = analysis.init(len(GROUPS), n, 5, GROUPS, num_bootstrap=16, alpha_trim_resamples=16)
   order = np.random.default_rng(1).permutation(n)
   start = 0
   for size in (1, 7, 100, 64, 129):
@@ -172,7 +172,7 @@ def test_streaming_any_order_equals_one_shot(planted):
 
 def test_update_under_jit_without_host_transfers(planted):
   logits, labels, _ = planted
-  state = analysis.init(len(GROUPS), 301, 5, GROUPS, num_bootstrap=16)
+  state = analysis.init(len(GROUPS), 301, 5, GROUPS, num_bootstrap=16, alpha_trim_resamples=16)
   x, y = jax.device_put(logits[:, :50]), jax.device_put(labels[:50])
   ids = jax.device_put(np.arange(50, dtype=np.int32))
   step = jax.jit(analysis.update, donate_argnums=0)
@@ -193,7 +193,7 @@ def test_sharded_over_models_equals_unsharded():
   step = jax.jit(analysis.update)
   results = []
   for x in (jnp.asarray(logits), sharded):
-    state = analysis.init(8, 120, 4, GROUPS, num_bootstrap=4)
+    state = analysis.init(8, 120, 4, GROUPS, num_bootstrap=4, alpha_trim_resamples=4)
     for start in (0, 60):
       state = step(state, x[:, start:start + 60], jnp.asarray(labels[start:start + 60]),
                    jnp.arange(start, start + 60))
@@ -209,7 +209,7 @@ def test_independent_errors_give_ratio_one_and_no_distribution_variance():
   labels = rng.integers(0, 10, n)
   correct = rng.random((num_models, n)) < q
   r = to_numpy(analysis.analyze(jnp.asarray(bernoulli_logits(correct, labels, 10)),
-                                jnp.asarray(labels), num_bootstrap=2))
+                                jnp.asarray(labels), num_bootstrap=2, alpha_trim_resamples=2))
   rel = np.sqrt(2 / (num_models - 1))                       # sampling std of a variance ratio
   assert abs(r['independence_ratio'][0] - 1) < 4 * rel
   assert abs(r['distribution_var'][0]) < 4 * rel * r['independent_std'][0] ** 2
@@ -227,7 +227,7 @@ def test_planted_distribution_wise_std_is_recovered():
   labels = rng.integers(0, 10, n)
   correct = rng.random((num_models, n)) < model_acc[:, None]
   r = to_numpy(analysis.analyze(jnp.asarray(bernoulli_logits(correct, labels, 10, seed=1)),
-                                jnp.asarray(labels), num_bootstrap=2))
+                                jnp.asarray(labels), num_bootstrap=2, alpha_trim_resamples=2))
   assert abs(r['distribution_std'][0] - sigma) < 0.25 * sigma
   assert r['independence_ratio'][0] > 3 and r['std_accuracy'][0] > r['distribution_std'][0]
   assert r['split_half_corr'][0] > 0.5
@@ -243,12 +243,13 @@ def test_calibrated_ensemble_disagreement_equals_error():
   labels = draw((n,))
   pred = draw((num_models, n))
   logits = np.eye(k, dtype=np.float32)[pred] * 4
-  r = to_numpy(analysis.analyze(jnp.asarray(logits), jnp.asarray(labels), num_bootstrap=2))
+  r = to_numpy(analysis.analyze(jnp.asarray(logits), jnp.asarray(labels), num_bootstrap=2,
+                                alpha_trim_resamples=2))
   assert abs(r['mean_disagreement'][0] - r['mean_error'][0]) < 0.02
   # Overconfident models (all predict each example's likeliest class) are miscalibrated.
   sure = np.eye(k, dtype=np.float32)[np.repeat(pi.argmax(-1)[None], num_models, 0)] * 4
   overconfident = to_numpy(analysis.analyze(jnp.asarray(sure), jnp.asarray(labels),
-                                            num_bootstrap=2))
+                                            num_bootstrap=2, alpha_trim_resamples=2))
   assert overconfident['cace'][0] > 2 * r['cace'][0]
   assert overconfident['mean_disagreement'][0] < 1e-6 < overconfident['mean_error'][0] - 0.2
 
@@ -308,7 +309,7 @@ def test_alpha_trim_levels_match_linear_program():
 def test_alpha_trim_is_zero_for_identical_models():
   logits, labels = planted_logits(1, 200, 5, seed=9)
   r = to_numpy(analysis.analyze(jnp.asarray(np.repeat(logits, 4, 0)), jnp.asarray(labels),
-                                num_bootstrap=8))
+                                num_bootstrap=8, alpha_trim_resamples=8))
   np.testing.assert_array_equal(r['alpha_trim'], 0)
   np.testing.assert_allclose(r['mean_churn'], 0, atol=1e-6)
 

@@ -30,17 +30,21 @@ def test_kernel_grad_by_matmul_matches_numpy(shape):
   np.testing.assert_allclose(got, numpy_kernel_grad(x, dy), rtol=1e-4, atol=1e-4)
 
 
-def test_both_weight_grads_give_the_same_value_and_gradients():
+@pytest.mark.parametrize('mode', ['matmul', 'sliced'])
+def test_weight_grads_give_the_same_value_and_gradients(mode):
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(4, 9, 9, 3)).astype(np.float32))
+  x = jnp.asarray(rng.normal(size=(7, 9, 9, 3)).astype(np.float32))
   kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 5)).astype(np.float32))
-  target = jnp.asarray(rng.normal(size=(4, 9, 9, 5)).astype(np.float32))
-  loss = lambda mode: lambda x, k: jnp.sum(conv.conv3x3(x, k, mode) * target)
+  target = jnp.asarray(rng.normal(size=(7, 9, 9, 5)).astype(np.float32))
+  loss = lambda mode: lambda x, k: jnp.sum(conv.conv3x3(x, k, mode, slice_size=3) * target)
   value_xla, grads_xla = jax.value_and_grad(loss('xla'), argnums=(0, 1))(x, kernel)
-  value_mm, grads_mm = jax.value_and_grad(loss('matmul'), argnums=(0, 1))(x, kernel)
-  np.testing.assert_array_equal(value_xla, value_mm)  # same forward op
-  np.testing.assert_array_equal(grads_xla[0], grads_mm[0])  # same input gradient op
-  np.testing.assert_allclose(grads_mm[1], grads_xla[1], rtol=1e-4, atol=1e-4)
+  value, grads = jax.value_and_grad(loss(mode), argnums=(0, 1))(x, kernel)
+  np.testing.assert_array_equal(value_xla, value)  # same forward op
+  np.testing.assert_array_equal(grads_xla[0], grads[0])  # same input gradient op
+  np.testing.assert_allclose(grads[1], grads_xla[1], rtol=1e-4, atol=1e-4)
+  # Against NumPy: sum over positions of input patches times output gradients.
+  np.testing.assert_allclose(grads[1], numpy_kernel_grad(np.asarray(x), np.asarray(target)),
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_weight_grad_is_rejected():

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,10 +18,10 @@ TINY = ('--config.num_models=3', '--config.model.widths=(4,8,8)',
         '--config.train.epochs=1', '--config.eval.batch_size=100')
 
 
-def run_main(workdir, *flags, devices=1):
+def run_main(workdir, *flags, devices=1, config='experiments/airbench.py:smoke'):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
-  cmd = [sys.executable, '-m', 'varjax.main', '--config=experiments/airbench.py:smoke',
+  cmd = [sys.executable, '-m', 'varjax.main', f'--config={config}',
          f'--workdir={workdir}', *TINY, *flags]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -94,3 +96,32 @@ def test_a_model_rerun_alone_or_sharded_matches_the_ensemble(finished_run, tmp_p
   if devices == 1:  # alpha_trim is measured against the rest of the group
     del want['alpha_trim'], other['alpha_trim']
   assert other == want
+
+
+@needs_shared_data
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_summary(tmp_path):
+  flags = ('--config.train.epochs=3', '--config.checkpoint.every_steps=1')
+  reference = run_main(tmp_path / 'reference', *flags)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  workdir = tmp_path / 'killed'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'varjax.main', '--config=experiments/airbench.py:smoke',
+         f'--workdir={workdir}', *TINY, *flags]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / 'checkpoints' / '5').exists() and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL and not (workdir / 'summary.json').exists()
+
+  resumed = run_main(workdir, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from checkpoint at step' in resumed.stderr
+  want = json.loads((tmp_path / 'reference' / 'summary.json').read_text())
+  got = json.loads((workdir / 'summary.json').read_text())
+  for key in ('models', 'groups', 'diverged', 'total_steps'):
+    assert got[key] == want[key], key

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from varjax import ensemble
 from varjax import step as step_lib
+from varjax import sweep
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config
@@ -60,7 +60,7 @@ def test_train_step_on_fake_data_learns_and_freezes_what_it_should():
   images, labels = class_colour_images(64)
   plan = step_lib.StepPlan.from_config(config, 64)
   model = airbench.from_config(config.model)
-  hparams = jax.tree.map(lambda v: v[0], ensemble.model_hparams(config, 1))
+  hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
   kernel = airbench.whitening_kernel_for(images, config.model)
   state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
   step = jax.jit(step_lib.make_train_step(model, plan))

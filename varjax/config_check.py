@@ -19,10 +19,13 @@ opt.lr_start_factor opt.lr_end_factor
 lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
+analysis.num_bootstrap analysis.alpha_trim_resamples analysis.seed
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
-ensemble.conv_weight_grad
+ensemble.conv_weight_grad ensemble.conv_grad_slice
 log.every_steps
+checkpoint.every_steps checkpoint.keep checkpoint.async_save
+sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.seeds_per_point
 """.split())
 
 
@@ -96,4 +99,10 @@ def check(config, known_keys=KNOWN_KEYS):
   _require(c.model.whiten_num_images >= 1, 'model.whiten_num_images must be >= 1.')
   _require(not c.lookahead.enabled or c.lookahead.every_steps >= 1,
            'lookahead.every_steps must be >= 1.')
+  _require(c.analysis.num_bootstrap >= 1 and c.analysis.alpha_trim_resamples >= 1,
+           'analysis.num_bootstrap and analysis.alpha_trim_resamples must be >= 1.')
+  _require(c.checkpoint.every_steps >= 0 and c.checkpoint.keep >= 1,
+           'checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1.')
   _require(c.log.every_steps >= 0, 'log.every_steps must be >= 0.')
+  from varjax import sweep  # pylint: disable=g-import-not-at-top  (sweep imports ConfigError)
+  sweep.seeds_per_point(c)

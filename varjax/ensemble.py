@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from varjax import config_check
 from varjax import optim
 from varjax import step as step_lib
+from varjax import sweep
 from varjax.models import airbench
 
 MODELS = 'models'
@@ -86,17 +87,15 @@ def resolve_chunk_loop(chunk_loop, platform):
   return chunk_loop
 
 
-CONV_WEIGHT_GRADS = ('auto', 'xla', 'matmul')
-CPU_MATMUL_GRAD_MIN_SIZE = 24  # measured crossover on XLA:CPU (models/conv.py)
+CONV_WEIGHT_GRADS = ('auto', 'xla', 'matmul', 'sliced')
 
 
-def matmul_grad_min_size(conv_weight_grad, platform):
-  """Smallest map width whose 3x3 convs take the matmul kernel gradient."""
-  if conv_weight_grad == 'matmul':
-    return 0
-  if conv_weight_grad == 'auto' and platform == 'cpu':
-    return CPU_MATMUL_GRAD_MIN_SIZE
-  return airbench.NEVER
+def resolve_conv_weight_grad(conv_weight_grad, platform):
+  """'auto': 'sliced' on CPU (XLA:CPU's kernel gradient slows superlinearly with the
+  batch; models/conv.py), XLA's own elsewhere."""
+  if conv_weight_grad == 'auto':
+    return 'sliced' if platform == 'cpu' else 'xla'
+  return conv_weight_grad
 
 
 def run_chunk(fn, chunk, shared, formulation):
@@ -159,20 +158,6 @@ def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   return chunk_fn
 
 
-def model_hparams(config, num_models):
-  """Per-model hyperparameters in SGD units, as float32 arrays over the models axis."""
-  lr, wd = optim.sgd_units(config.opt.lr, config.opt.weight_decay, config.opt.momentum,
-                           config.train.batch_size, config.opt.lr_reference_batch)
-  full = lambda v: np.full((num_models,), v, np.float32)
-  return {'lr': full(lr), 'weight_decay': full(wd),
-          'label_smoothing': full(config.train.label_smoothing)}
-
-
-def model_groups(config, num_models):
-  """(N,) int32 group of each model for the analysis: one group unless a sweep defines them."""
-  return np.zeros((num_models,), np.int32)
-
-
 class Ensemble:
   """The compiled functions of an ensemble run and the arrays that parameterise them."""
 
@@ -192,8 +177,8 @@ class Ensemble:
     if chunk is None:
       chunk = default_models_per_chunk(per_device, platform)
     if chunk < 1 or per_device % chunk:
-      raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the {per_device} '
-                       'models per device.')
+      raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
+                                     f'{per_device} models per device.')
     self.models_per_chunk = chunk
     if config.ensemble.formulation not in FORMULATIONS:
       raise config_check.ConfigError(f'ensemble.formulation must be one of {FORMULATIONS}, '
@@ -218,15 +203,20 @@ class Ensemble:
       raise config_check.ConfigError(f'ensemble.conv_weight_grad must be one of '
                                      f'{CONV_WEIGHT_GRADS}, got '
                                      f'{config.ensemble.conv_weight_grad!r}.')
+    if config.ensemble.conv_grad_slice < 1:
+      raise config_check.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
+                                     f'{config.ensemble.conv_grad_slice}.')
     self.model = airbench.from_config(
-        config.model, dtype, matmul_grad_min_size(config.ensemble.conv_weight_grad, platform))
+        config.model, dtype,
+        resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
+        config.ensemble.conv_grad_slice)
     self.plan = step_lib.StepPlan.from_config(config, num_train)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
     shard = model_sharding(self.mesh)
     self.ids = jax.device_put(self.model_ids, shard)
-    self.hparams = jax.device_put(model_hparams(config, self.num_models), shard)
-    self.groups = model_groups(config, self.num_models)
+    self.hparams = jax.device_put(sweep.model_hparams(config, self.num_models), shard)
+    self.groups = sweep.model_groups(config, self.num_models)
     self._build()
 
   def _sharded(self, fn, num_per_model, num_shared):
@@ -299,7 +289,7 @@ class Ensemble:
     """(N, num_train) int32: each model's permutation of the training set for ``epoch``."""
     return self._orders(self.ids, jnp.int32(epoch))
 
-  def _zeros(self, shape, dtype=jnp.float32):
+  def zeros(self, shape, dtype=jnp.float32):
     """A model-sharded (N, *shape) buffer for the chunk loop to fill."""
     return jax.device_put(np.zeros((self.num_models,) + shape, dtype), model_sharding(self.mesh))
 
@@ -311,7 +301,7 @@ class Ensemble:
     step = jnp.int32(step)
     if self.chunk_loop == 'scan':
       return self._step(state, self.hparams, self.ids, orders, images, labels, step)
-    outputs = (state, {'loss': self._zeros(()), 'accuracy': self._zeros(())})
+    outputs = (state, {'loss': self.zeros(()), 'accuracy': self.zeros(())})
     for chunk in range(self.num_chunks):
       outputs = self._step_chunk(outputs, jnp.int32(chunk), self.hparams, self.ids, orders,
                                  images, labels, step)
@@ -321,7 +311,7 @@ class Ensemble:
     """(N, b, K) float32 TTA logits of every model's final weights, left on the device."""
     if self.chunk_loop == 'scan':
       return self._logits(state, images)
-    out = self._zeros((images.shape[0], self.model.num_classes))
+    out = self.zeros((images.shape[0], self.model.num_classes))
     for chunk in range(self.num_chunks):
       out = self._logits_chunk(out, jnp.int32(chunk), state, images)
     return out

@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from varjax import checkpoint
 from varjax import config_check
 from varjax import data
 from varjax import train
@@ -32,7 +33,8 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors a user can fix; reported as one line and a non-zero exit, no traceback.
-USER_ERRORS = (config_check.ConfigError, data.DataError, train.WorkdirError)
+USER_ERRORS = (config_check.ConfigError, data.DataError, train.WorkdirError,
+               checkpoint.CheckpointError)
 
 
 def main(argv):

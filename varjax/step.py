@@ -104,7 +104,15 @@ def init_model_state(model, init_key, whiten_kernel, hparams, plan):
   params, batch_stats = variables['params'], variables['batch_stats']
   opt_state = make_optimizer(params, hparams, plan).init(params)
   return {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
-          'ema_params': params, 'ema_batch_stats': batch_stats}
+          'ema_params': params, 'ema_batch_stats': batch_stats,
+          'diverged_at': jnp.int32(-1)}
+
+
+def all_finite(tree):
+  """True when every float in ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.stack(leaves).all()
 
 
 def make_train_step(model, plan):
@@ -145,6 +153,14 @@ def make_train_step(model, plan):
       batch_stats, ema_batch_stats = optim.lookahead(batch_stats, ema_batch_stats, *args)
     new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
                  'ema_params': ema_params, 'ema_batch_stats': ema_batch_stats}
+    # A model whose loss or weights stop being finite is frozen at its last
+    # finite state (its own updates masked; nothing else depends on it).
+    finite = jnp.isfinite(loss) & all_finite((params, batch_stats))
+    healthy = (state['diverged_at'] < 0) & finite
+    old = {k: state[k] for k in new_state}
+    new_state = jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new_state, old)
+    new_state['diverged_at'] = jnp.where((state['diverged_at'] < 0) & ~finite,
+                                         jnp.asarray(step, jnp.int32), state['diverged_at'])
     metrics = {'loss': loss / plan.batch_size,
                'accuracy': (logits.argmax(-1) == y).mean()}
     return new_state, metrics

@@ -6,22 +6,27 @@ The whole loop of one run. Outputs in ``workdir``:
   tensorboard/    the same scalars for TensorBoard;
   summary.json    per-model and per-group results (see ``write_summary``);
   per_example.npz per-example accuracy and vote counts per group, labels, the
-                  model groups, and pairwise churn / error kappa.
+                  model groups, and pairwise churn / error kappa;
+  checkpoints/    orbax checkpoints; rerunning the command resumes from the latest.
 """
 
 import json
 import os
+import shutil
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 from absl import logging
 
 from varjax import analysis
+from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
 from varjax import ensemble as ensemble_lib
+from varjax import sweep
 from varjax import writers
 from varjax.models import airbench
 
@@ -37,23 +42,39 @@ class WorkdirError(RuntimeError):
 
 
 def prepare_workdir(workdir, config):
-  """Refuses to overwrite a finished run unless ``config.overwrite``; writes config.json."""
+  """Checks what ``workdir`` holds against ``config``; writes config.json.
+
+  A finished run is kept unless ``config.overwrite`` (which also drops its
+  checkpoints); checkpoints of a stopped run must come from the same config.
+  """
   os.makedirs(workdir, exist_ok=True)
   summary = os.path.join(workdir, SUMMARY_FILE)
-  if os.path.exists(summary):
-    if not config.overwrite:
-      raise WorkdirError(
-          f'{workdir} holds a finished run ({SUMMARY_FILE} exists). Choose another --workdir, '
-          'or pass --config.overwrite=True to discard it and start again.')
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  if config.overwrite:
     for name in (SUMMARY_FILE, PER_EXAMPLE_FILE, writers.METRICS_FILE):
-      path = os.path.join(workdir, name)
-      if os.path.exists(path):
-        os.remove(path)
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+  elif os.path.exists(summary):
+    raise WorkdirError(
+        f'{workdir} holds a finished run ({SUMMARY_FILE} exists). Choose another --workdir, '
+        'or pass --config.overwrite=True to discard it and start again.')
+  elif os.path.isdir(checkpoints) and os.path.exists(config_path):
+    with open(config_path) as f:
+      saved = ml_collections.ConfigDict(json.load(f))
+    diff = checkpoint_lib.config_differences(saved, config)
+    if diff:
+      raise checkpoint_lib.CheckpointError(
+          f'{workdir} holds checkpoints of a run with a different config: ' + '; '.join(diff)
+          + '. Rerun with the original config to resume, choose another --workdir, or pass '
+          '--config.overwrite=True to start again.')
+  with open(config_path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(config_path + '.tmp', config_path)
 
 
-def make_evaluator(ens, num_examples, num_classes, batch_size):
+def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config):
   """Returns evaluate(state, images, labels) -> analysis results (host NumPy).
 
   Test images and labels live on the device; each batch's TTA logits stay
@@ -70,7 +91,13 @@ def make_evaluator(ens, num_examples, num_classes, batch_size):
   finalize = jax.jit(analysis.finalize)
 
   def evaluate(state, images, labels):
-    stats = analysis.init(ens.num_models, num_examples, num_classes, ens.groups)
+    # Diverged models get their own metrics but join no group statistic.
+    groups = np.where(np.asarray(state['diverged_at']) >= 0, -1, ens.groups)
+    stats = analysis.init(ens.num_models, num_examples, num_classes, groups,
+                          num_groups=int(ens.groups.max()) + 1,
+                          num_bootstrap=analysis_config.num_bootstrap,
+                          alpha_trim_resamples=analysis_config.alpha_trim_resamples,
+                          seed=analysis_config.seed)
     for start in range(0, num_examples, batch_size):
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
       stats = update(stats, ens.logits(state, x), y, ids)
@@ -101,19 +128,30 @@ def train_and_evaluate(config, workdir):
   train_labels = jax.device_put(dataset.train_labels, replicated)
   state = ens.init(airbench.whitening_kernel_for(dataset.train_images, config.model))
 
+  zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}
+  ckpt = checkpoint_lib.Checkpointer(workdir, config)
+  done, state, totals = ckpt.restore_latest(state, zeros())
   writer = writers.MetricWriter(workdir)
   train_time = 0.0
   last = None
   for epoch, steps in plan.epochs():
+    if steps[-1] < done - 1 or (steps[-1] == done - 1 and done < plan.total_steps):
+      continue  # finished before the restored checkpoint
     start = time.perf_counter()
     orders = ens.orders(epoch)
-    totals = None
+    if done <= steps[0]:
+      totals = zeros()  # a fresh epoch; otherwise the restored epoch's running totals
     for step in steps:
+      if step < done:
+        continue
       state, metrics = ens.train_step(state, orders, train_images, train_labels, step)
-      totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+      totals = jax.tree.map(jnp.add, totals, metrics)
       if config.log.every_steps and (step + 1) % config.log.every_steps == 0:
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
                                                for k, v in metrics.items()})
+      if ckpt.should_save(step + 1, step == steps[-1], plan.total_steps):
+        ckpt.save(step + 1, state, totals)
+    done = steps[-1] + 1
     last = jax.tree.map(lambda t: np.asarray(t) / len(steps), totals)  # waits for the epoch
     seconds = time.perf_counter() - start
     train_time += seconds
@@ -124,13 +162,19 @@ def train_and_evaluate(config, workdir):
                  train_loss=float(last['loss'].mean()),
                  train_accuracy=float(last['accuracy'].mean()))
 
+  ckpt.close()
+  diverged = np.asarray(state['diverged_at'])
+  for k in np.flatnonzero(diverged >= 0):
+    logging.warning('model %d diverged at step %d: frozen there, excluded from its group',
+                    ens.model_ids[k], diverged[k])
   start = time.perf_counter()
-  evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size)
+  evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size,
+                            config.analysis)
   results = evaluate(state, jax.device_put(dataset.test_images, replicated),
                      jax.device_put(dataset.test_labels, replicated))
   eval_time = time.perf_counter() - start
   writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
-               test_accuracy_std=float(results['std_accuracy'][0]), eval_seconds=eval_time)
+               test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time)
   writer.close()
 
   run_info = {'name': config.name, 'variant': config.variant, 'seed': config.seed,
@@ -140,34 +184,43 @@ def train_and_evaluate(config, workdir):
               'num_devices': int(ens.mesh.devices.size),
               'models_per_chunk': ens.models_per_chunk,
               'train_seconds': train_time, 'eval_seconds': eval_time}
-  summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels)
-  for line in analysis.report_lines(results):
+  summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels, diverged)
+  for line in analysis.report_lines(results, sweep.point_names(config)):
     logging.info('%s', line)
   return summary
 
 
-def write_summary(workdir, ens, run_info, train_metrics, results, test_labels):
-  """Writes summary.json and per_example.npz; returns the summary dict."""
+def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged):
+  """Writes summary.json and per_example.npz; returns the summary dict.
+
+  ``diverged``: (N,) step at which each model diverged, -1 if it did not.
+  """
   n = ens.num_models
   per_model = {k: results[k] for k in analysis.PER_MODEL_KEYS}
-  hparams = jax.tree.map(np.asarray, ens.hparams)
+  points = sweep.grid_points(ens.config)  # config units, one per group
   models = []
   for k in range(n):
     entry = {'id': int(ens.model_ids[k]), 'seed': run_info['seed'],
              'group': int(ens.groups[k]),
+             'diverged_at_step': None if diverged[k] < 0 else int(diverged[k]),
              'test_accuracy': float(results['accuracy'][k]),
-             'train_loss': float(train_metrics['loss'][k]),
-             'train_accuracy': float(train_metrics['accuracy'][k])}
-    entry.update({name: _json_value(v[k]) for name, v in hparams.items()})
+             'train_loss': _json_value(train_metrics['loss'][k]),
+             'train_accuracy': _json_value(train_metrics['accuracy'][k])}
+    entry.update(points[int(ens.groups[k])])
     entry.update({name: _json_value(v[k]) for name, v in per_model.items()
                   if name != 'accuracy'})
     models.append(entry)
   num_groups = int(ens.groups.max()) + 1
   per_group = {k: results[k] for k in analysis.PER_GROUP_KEYS}
-  groups = [{'group': g, **{k: _json_value(v[g]) for k, v in per_group.items()}}
+  names, values = sweep.point_names(ens.config), sweep.swept_values(ens.config)
+  groups = [{'group': g, 'name': names[g], 'values': values[g], **points[g],
+             **{k: _json_value(v[g]) for k, v in per_group.items()}}
             for g in range(num_groups)]
-  summary = {**run_info, 'num_models': n, 'models': models, 'groups': groups}
-  _write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
+  summary = {**run_info, 'num_models': n,
+             'diverged': [{'id': int(ens.model_ids[k]), 'step': int(diverged[k])}
+                          for k in np.flatnonzero(diverged >= 0)],
+             'models': models, 'groups': groups}
+  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
                       groups=np.asarray(ens.groups),
                       **{k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS})
@@ -176,12 +229,15 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels):
 
 def _json_value(x):
   """A float or list of floats, with NaN (statistics of groups too small) as null."""
-  x = np.asarray(x, np.float64)
+  x = np.asarray(x)
+  if np.issubdtype(x.dtype, np.integer):
+    return x.tolist()
+  x = x.astype(np.float64)
   return [None if np.isnan(v) else float(v) for v in x] if x.ndim else (
       None if np.isnan(x) else float(x))
 
 
-def _write_json_atomic(path, obj):
+def write_json_atomic(path, obj):
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=1)

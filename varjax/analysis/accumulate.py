@@ -20,8 +20,8 @@ NUM_ECE_BINS = 15
 DEFAULT_ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(10))
 
 
-def init(num_models, num_examples, num_classes, groups=None, *, num_bootstrap=1000,
-         alpha_grid=None, seed=0):
+def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
+         num_bootstrap=1000, alpha_trim_resamples=100, alpha_grid=None, seed=0):
   """Empty accumulators for ``num_models`` models on ``num_examples`` examples.
 
   Args:
@@ -29,8 +29,13 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_bootstrap=10
     num_examples: n; example ids passed to ``update`` lie in [0, n).
     num_classes: K.
     groups: optional int array (N,) of group ids 0..G-1 (one hyperparameter point
-      of a sweep each); default: all models in group 0.
-    num_bootstrap: resamples for ``std_accuracy_ci`` and ``alpha_trim``.
+      of a sweep each), -1 for a model in no group (e.g. diverged: it gets its
+      per-model metrics but joins no group statistic); default: all in group 0.
+    num_groups: G; default max(groups) + 1.
+    num_bootstrap: resamples of models for ``std_accuracy_ci``.
+    alpha_trim_resamples: resamples of the test set averaged in ``alpha_trim``
+      (each costs a pass over all N x n margins; ~70 ms for 16 x 10,000 on 2
+      CPU cores).
     alpha_grid: increasing trimming levels in [0, 0.5); default 0, 0.05, ..., 0.45.
     seed: seeds both bootstraps.
 
@@ -42,18 +47,21 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_bootstrap=10
   """
   n, k = num_examples, num_classes
   groups = np.zeros(num_models, np.int32) if groups is None else np.asarray(groups)
-  if groups.shape != (num_models,) or groups.min() < 0:
-    raise ValueError(f'groups must be {num_models} ints >= 0, got {groups!r}')
-  num_groups = int(groups.max()) + 1
+  if groups.shape != (num_models,) or groups.min() < -1:
+    raise ValueError(f'groups must be {num_models} ints >= -1, got {groups!r}')
+  num_groups = int(groups.max()) + 1 if num_groups is None else num_groups
+  if num_groups < 1 or groups.max() >= num_groups:
+    raise ValueError(f'groups {groups!r} do not fit num_groups={num_groups}')
   grid = np.asarray(DEFAULT_ALPHA_GRID if alpha_grid is None else alpha_grid, np.float32)
   if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0) or grid[0] < 0 or (
       grid[-1] >= 0.5):
     raise ValueError(f'alpha_grid must increase within [0, 0.5), got {grid!r}')
-  if num_bootstrap < 1:
-    raise ValueError(f'num_bootstrap must be >= 1, got {num_bootstrap}')
+  if num_bootstrap < 1 or alpha_trim_resamples < 1:
+    raise ValueError(f'num_bootstrap and alpha_trim_resamples must be >= 1, got '
+                     f'{num_bootstrap}, {alpha_trim_resamples}')
   i32, f32 = jnp.int32, jnp.float32
   return {
-      'member': jnp.asarray(np.eye(num_groups, dtype=np.float32)[groups]),
+      'member': jnp.asarray(np.eye(num_groups + 1, dtype=np.float32)[groups][:, :num_groups]),
       'labels': jnp.zeros((n,), i32),
       'correct': jnp.zeros((num_models,), i32),
       'correct_even': jnp.zeros((num_models,), i32),
@@ -68,9 +76,11 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_bootstrap=10
       'group_correct': jnp.zeros((num_groups, n), i32),
       'prob_sum': jnp.zeros((num_groups, n, k), f32),
       'alpha_grid': jnp.asarray(grid),
-      # One key per resample: the shape carries num_bootstrap, the values the seed.
+      # One key per resample: the shapes carry the counts, the values the seed.
       'bootstrap_keys': jax.random.key_data(
-          jax.random.split(jax.random.key(seed), num_bootstrap)),
+          jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), num_bootstrap)),
+      'trim_keys': jax.random.key_data(
+          jax.random.split(jax.random.fold_in(jax.random.key(seed), 0), alpha_trim_resamples)),
   }
 
 

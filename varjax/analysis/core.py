@@ -51,9 +51,8 @@ def finalize(state):
   acc_even = state['correct_even'] / ((n + 1) // 2)
   acc_odd = state['correct_odd'] / max(n // 2, 1)
 
-  keys = jax.random.wrap_key_data(state['bootstrap_keys'])
-  example_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-  model_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  model_keys = jax.random.wrap_key_data(state['bootstrap_keys'])
+  example_keys = jax.random.wrap_key_data(state['trim_keys'])
   weights = jax.vmap(functools.partial(trimming.bootstrap_weights, n=n))(example_keys)
   alpha_levels = trimming.alpha_trim_levels(state['margin'], member, state['alpha_grid'],
                                             weights)

@@ -112,7 +112,7 @@ def alpha_trim_levels(margin, member, alpha_grid, weights):
     dist = trimmed_ks_distance(f_l / n, f_r / n, g_l, g_r, alpha_grid)   # (A, N)
     passed = dist <= delta
     level = jnp.where(passed.any(0), alpha_grid[jnp.argmax(passed, axis=0)], BEYOND_GRID)
-    return jnp.where(group_size >= 2, level, jnp.nan)
+    return jnp.where((group_size >= 2) & (member.sum(1) > 0), level, jnp.nan)
 
   return jax.lax.map(one_resample, weights)
 

@@ -22,7 +22,6 @@ from varjax import data as data_lib
 from varjax.models import conv as conv_lib
 
 WHITEN_PATCH_CHANNELS = 3
-NEVER = 1 << 30
 
 
 def torch_default_init(key, shape, dtype=jnp.float32):
@@ -44,10 +43,6 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
-def conv3x3(x, kernel, matmul_grad_min_size):
-  """SAME 3x3 conv; maps at least ``matmul_grad_min_size`` wide take the matmul kernel gradient."""
-  weight_grad = 'matmul' if x.shape[2] >= matmul_grad_min_size else 'xla'
-  return conv_lib.conv3x3(x, kernel, weight_grad)
 
 
 def max_pool(x, size):
@@ -90,17 +85,18 @@ class ConvGroup(nn.Module):
   bn_momentum: float
   bn_eps: float
   gelu_approximate: bool
-  matmul_grad_min_size: int
+  weight_grad: str
+  grad_slice: int
 
   @nn.compact
   def __call__(self, x, train: bool):
     act = lambda v: jax.nn.gelu(v, approximate=self.gelu_approximate)
     k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
-    x = conv3x3(x, k1, self.matmul_grad_min_size)
+    x = conv_lib.conv3x3(x, k1, self.weight_grad, self.grad_slice)
     x = max_pool(x, 2)
     x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
     k2 = self.param('conv2', dirac_init, (3, 3, self.width, self.width))
-    x = conv3x3(x, k2, self.matmul_grad_min_size)
+    x = conv_lib.conv3x3(x, k2, self.weight_grad, self.grad_slice)
     x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm2')(x, train))
     return x
 
@@ -115,9 +111,10 @@ class Airbench(nn.Module):
   gelu_approximate: bool = False
   num_classes: int = 10
   dtype: jnp.dtype = jnp.float32  # compute dtype; BN statistics stay float32
-  # 3x3 convs on maps at least this wide use the matmul kernel gradient
-  # (models/conv.py); a speed choice, the same maths.
-  matmul_grad_min_size: int = NEVER
+  # Kernel-gradient algorithm of the 3x3 convs (models/conv.py) and the images
+  # per slice for 'sliced'; a speed choice, the same maths.
+  conv_weight_grad: str = 'xla'
+  conv_grad_slice: int = 16
 
   @property
   def whiten_width(self):
@@ -138,7 +135,7 @@ class Airbench(nn.Module):
     x = jax.nn.gelu(x, approximate=self.gelu_approximate)
     for i, width in enumerate(self.widths):
       x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
-                    self.matmul_grad_min_size, name=f'group{i + 1}')(x, train)
+                    self.conv_weight_grad, self.conv_grad_slice, name=f'group{i + 1}')(x, train)
       # Pooled embedding per group, for probes (prediction depth); free unless
       # the caller asks for the 'intermediates' collection.
       self.sow('intermediates', f'embedding{i + 1}', x.max(axis=(1, 2)))
@@ -153,8 +150,9 @@ def torch_default_init_bias(fan_in):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def from_config(model_config, dtype=jnp.float32, matmul_grad_min_size=NEVER):
-  return Airbench(widths=tuple(model_config.widths), matmul_grad_min_size=matmul_grad_min_size,
+def from_config(model_config, dtype=jnp.float32, conv_weight_grad='xla', conv_grad_slice=16):
+  return Airbench(widths=tuple(model_config.widths), conv_weight_grad=conv_weight_grad,
+                  conv_grad_slice=conv_grad_slice,
                   whiten_kernel_size=model_config.whiten_kernel_size,
                   bn_momentum=model_config.bn_momentum, bn_eps=model_config.bn_eps,
                   head_scale=model_config.head_scale,

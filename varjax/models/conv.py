@@ -1,10 +1,11 @@
 """3x3 'SAME' convolution with a choice of kernel-gradient algorithm.
 
-XLA:CPU computes the kernel gradient of a large-map convolution (airbench's
-first 3x3 conv: 31x31 maps) about 2x slower than 9 plain matmuls (measured:
-352 vs 173 ms for 256x31x31x24 -> 16 on 2 cores); on smaller maps its own
-algorithm wins. 'matmul' uses the matmul form; the forward pass and the input
-gradient are XLA's convolution either way.
+XLA:CPU's kernel gradient slows down superlinearly with the batch: for
+airbench's first 3x3 conv (31x31 maps, 24 -> 16 channels, 2 cores) it takes
+~19 ms at batch 64 but 345-420 ms at batch 256. 'sliced' sums XLA's kernel
+gradients over slices of ``slice_size`` images (42 ms for the batch of 256 in
+slices of 16; BENCHMARKS.md); 'matmul' computes it as 9 matmuls (204 ms). The
+forward pass and the input gradient are XLA's convolution either way.
 
 The matmul form: pad x by 1 and flatten it to rows q over (image, row, col) of
 the padded grid; put dy on the same grid (zeros in the padding). Then the tap
@@ -21,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-WEIGHT_GRADS = ('xla', 'matmul')
+WEIGHT_GRADS = ('xla', 'matmul', 'sliced')
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -66,10 +67,45 @@ def _backward(residuals, dy):
 _conv3x3_matmul_grad.defvjp(_forward, _backward)
 
 
-def conv3x3(x, kernel, weight_grad='xla'):
-  """3x3 stride-1 'SAME' conv, NHWC x HWIO; ``weight_grad`` picks the kernel gradient."""
+def kernel_grad_by_slices(x, dy, kernel, slice_size):
+  """XLA's kernel gradient summed over consecutive slices of ``slice_size`` images."""
+  total = None
+  for start in range(0, x.shape[0], slice_size):
+    _, vjp = jax.vjp(lambda k, s=start: lax_conv(x[s:s + slice_size], k), kernel)
+    grad = vjp(dy[start:start + slice_size])[0]
+    total = grad if total is None else total + grad
+  return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv3x3_sliced_grad(x, kernel, slice_size):
+  del slice_size
+  return lax_conv(x, kernel)
+
+
+def _sliced_forward(x, kernel, slice_size):
+  del slice_size
+  return lax_conv(x, kernel), (x, kernel)
+
+
+def _sliced_backward(slice_size, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda v: lax_conv(v, kernel), x)
+  return input_vjp(dy)[0], kernel_grad_by_slices(x, dy, kernel, slice_size)
+
+
+_conv3x3_sliced_grad.defvjp(_sliced_forward, _sliced_backward)
+
+
+def conv3x3(x, kernel, weight_grad='xla', slice_size=16):
+  """3x3 stride-1 'SAME' conv, NHWC x HWIO; ``weight_grad`` picks the kernel gradient.
+
+  ``slice_size``: images per slice for ``weight_grad='sliced'``.
+  """
   if weight_grad == 'xla':
     return lax_conv(x, kernel)
   if weight_grad == 'matmul':
     return _conv3x3_matmul_grad(x, kernel.astype(x.dtype))
+  if weight_grad == 'sliced':
+    return _conv3x3_sliced_grad(x, kernel.astype(x.dtype), int(slice_size))
   raise ValueError(f'weight_grad must be one of {WEIGHT_GRADS}, got {weight_grad!r}')

@@ -1,0 +1,68 @@
+"""An lr sweep end to end (one ensemble, two groups) and its report; the report's table."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from varjax import report
+
+from conftest import needs_shared_data
+from main_test import run_main
+
+
+@pytest.fixture(scope='module')
+def lr_sweep_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('lr_sweep')
+  proc = run_main(workdir, '--config.num_models=4', config='experiments/lr_sweep.py:smoke')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+@needs_shared_data
+def test_lr_sweep_summary_has_groups_and_values(lr_sweep_run):
+  summary = json.loads((lr_sweep_run / 'summary.json').read_text())
+  config = json.loads((lr_sweep_run / 'config.json').read_text())
+  base_lr = config['opt']['lr']
+  assert [m['group'] for m in summary['models']] == [0, 0, 1, 1]
+  assert [m['lr'] for m in summary['models']] == [base_lr * 0.5] * 2 + [base_lr * 2.0] * 2
+  assert [g['values']['lr_multiplier'] for g in summary['groups']] == [0.5, 2.0]
+  for g in summary['groups']:
+    accs = [m['test_accuracy'] for m in summary['models'] if m['group'] == g['group']]
+    np.testing.assert_allclose(g['mean_accuracy'], np.mean(accs), rtol=1e-6)
+    assert g['num_models'] == 2
+
+
+@needs_shared_data
+def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
+  paths = report.write_report(str(lr_sweep_run))
+  names = sorted(p.rsplit('/', 1)[1] for p in paths)
+  assert names == sorted(['report.md', 'report.csv', *report.PLOTS])
+  for name in report.PLOTS:
+    assert (lr_sweep_run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  rows = list(csv.DictReader((lr_sweep_run / 'report.csv').open()))
+  summary = json.loads((lr_sweep_run / 'summary.json').read_text())
+  assert len(rows) == 2 and [float(r['lr_multiplier']) for r in rows] == [0.5, 2.0]
+  for row, g in zip(rows, summary['groups']):
+    assert float(row['mean_accuracy']) == g['mean_accuracy']
+  md = (lr_sweep_run / 'report.md').read_text().splitlines()
+  table = [l for l in md if l.startswith('| ')]
+  assert len(table) == 4 and 'lr_multiplier' in table[0]  # header, rule, 2 groups and 'dist. std' in table[0]
+
+
+def fake_summary(groups):
+  return {'name': 'x', 'num_models': 4, 'num_test': 10, 'models': [], 'groups': groups}
+
+
+def test_table_formats_and_marks_missing_values():
+  groups = [{'group': 0, 'name': 'a', 'values': {'epochs': 1.0}, 'num_models': 2,
+             'mean_accuracy': 0.5, 'std_accuracy': 0.01, 'std_accuracy_ci': [0.005, 0.02],
+             'independence_ratio': None},
+            {'group': 1, 'name': 'b', 'values': {'epochs': 2.0}, 'num_models': 1,
+             'mean_accuracy': 0.25, 'std_accuracy': None, 'std_accuracy_ci': [None, None]}]
+  header, rows = report.table_rows(fake_summary(groups))
+  assert header[:4] == ['group', 'epochs', 'models', 'mean acc']
+  assert rows[0][:5] == ['a', '1', '2', '50.00%', '1.000%']
+  assert rows[0][header.index('std 95% CI')] == '0.500% .. 2.000%'
+  assert rows[1][header.index('std')] == 'n/a' and rows[1][header.index('ratio')] == 'n/a'

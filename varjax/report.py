@@ -1,0 +1,237 @@
+r"""Tables and plots of a finished run or sweep: one row per group (grid point).
+
+  python -m varjax.report --workdir=DIR
+
+Reads DIR/summary.json (and per_example.npz when present) and writes
+  report.md                      the variance table, one row per group;
+  report.csv                     the same numbers, full precision, for pandas;
+  std_vs_swept.png               std and distribution-wise std vs the swept value
+                                 (log x when it spans a factor > 4), 95% CI band;
+  observed_vs_independent.png    observed std vs the std independent errors predict;
+  accuracy_histograms.png        per-model accuracies, one panel per group;
+  example_accuracy_histograms.png  per-example accuracy p_i, one panel per group.
+"""
+
+import csv
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+COLUMNS = (  # (summary key, header, format)
+    ('num_models', 'models', '{:d}'),
+    ('mean_accuracy', 'mean acc', '{:.2%}'),
+    ('std_accuracy', 'std', '{:.3%}'),
+    ('std_accuracy_ci', 'std 95% CI', None),
+    ('independent_std', 'indep. std', '{:.3%}'),
+    ('independence_ratio', 'ratio', '{:.2f}'),
+    ('distribution_std', 'dist. std', '{:.3%}'),
+    ('split_half_corr', 'split-half r', '{:.2f}'),
+    ('mean_disagreement', 'disagreement', '{:.2%}'),
+    ('mean_error', 'error', '{:.2%}'),
+    ('ensemble_accuracy_vote', 'ens. acc (vote)', '{:.2%}'),
+    ('ensemble_accuracy_softmax', 'ens. acc (softmax)', '{:.2%}'),
+)
+AXIS_LABELS = {'lr': 'learning rate (decoupled units, per 1024 examples)',
+               'lr_multiplier': 'learning rate / airbench default',
+               'weight_decay': 'weight decay (decoupled units)',
+               'epochs': 'training epochs'}
+PLOTS = ('std_vs_swept.png', 'observed_vs_independent.png', 'accuracy_histograms.png',
+         'example_accuracy_histograms.png')
+
+
+def load_summary(workdir):
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {workdir} holds no finished run.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def swept_keys(groups):
+  """Keys of the groups' ``values`` that differ between groups, in first-seen order."""
+  keys = []
+  for g in groups:
+    keys += [k for k in g.get('values', {}) if k not in keys]
+  return [k for k in keys if len({json.dumps(g['values'].get(k)) for g in groups}) > 1] or [
+      k for k in keys]
+
+
+def _fmt(value, fmt):
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return 'n/a'
+  if fmt is None:
+    return f'{value[0]:.3%} .. {value[1]:.3%}' if None not in value else 'n/a'
+  return fmt.format(int(value) if fmt == '{:d}' else value)
+
+
+def table_rows(summary):
+  """Header and rows of the table (strings), one row per group."""
+  groups = summary['groups']
+  keys = swept_keys(groups)
+  header = ['group'] + keys + [h for _, h, _ in COLUMNS]
+  rows = []
+  for g in groups:
+    row = [g.get('name', str(g['group']))]
+    row += [f"{g['values'][k]:.4g}" if isinstance(g['values'].get(k), float)
+            else str(g['values'].get(k, '')) for k in keys]
+    row += [_fmt(g.get(key), fmt) for key, _, fmt in COLUMNS]
+    rows.append(row)
+  return header, rows
+
+
+def write_markdown(summary, path):
+  header, rows = table_rows(summary)
+  lines = [f"# {summary.get('name', 'varjax')} ({summary.get('variant', '')}): "
+           f"{summary['num_models']} models, {summary['num_test']} test images "
+           f"({summary.get('test_set', '')})", '',
+           '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  lines += ['', 'std: over the group\'s models (ddof 1), with a 95% bootstrap CI; indep. std: '
+            'what independent per-example errors predict; ratio = std^2 / indep. std^2; '
+            'dist. std: unbiased distribution-wise std (0 when its estimate is negative); '
+            'disagreement vs error: equal for a class-wise calibrated ensemble (GDE).', '']
+  lines += [f'![{name}]({name})' for name in PLOTS]
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def write_csv(summary, path):
+  groups = summary['groups']
+  keys = swept_keys(groups)
+  metric_keys = [k for k, _, _ in COLUMNS if k != 'std_accuracy_ci']
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['group', 'name'] + keys + metric_keys + ['std_ci_low', 'std_ci_high'])
+    for g in groups:
+      ci = g.get('std_accuracy_ci') or [None, None]
+      w.writerow([g['group'], g.get('name', '')] + [g['values'].get(k) for k in keys]
+                 + [g.get(k) for k in metric_keys] + list(ci))
+
+
+def _x_axis(groups):
+  """(values, label, log) for plots against the swept value; group index if none is numeric."""
+  for key in swept_keys(groups):
+    values = [g['values'].get(key) for g in groups]
+    if all(isinstance(v, (int, float)) for v in values):
+      positive = all(v > 0 for v in values)
+      log = positive and max(values) / min(values) > 4
+      return np.array(values, float), key, log
+  return np.arange(len(groups), dtype=float), 'group', False
+
+
+def _num(values):
+  return np.array([np.nan if v is None else v for v in values], float)
+
+
+def plot_all(summary, per_example, workdir):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  groups = summary['groups']
+  names = [g.get('name', str(g['group'])) for g in groups]
+  x, xlabel, log = _x_axis(groups)
+  order = np.argsort(x, kind='stable')
+  pct = lambda key: 100 * _num([g.get(key) for g in groups])[order]
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  ci = np.array([g.get('std_accuracy_ci') or [None, None] for g in groups], dtype=float)[order]
+  ax.plot(x[order], pct('std_accuracy'), 'o-', label='test-set std (95% CI band)')
+  ax.fill_between(x[order], 100 * ci[:, 0], 100 * ci[:, 1], alpha=0.25)
+  ax.plot(x[order], pct('independent_std'), 's--', label='std predicted by independent errors')
+  ax.plot(x[order], pct('distribution_std'), '^-', label='distribution-wise std')
+  if log:
+    ax.set_xscale('log', base=2)
+  ax.set_xlabel(AXIS_LABELS.get(xlabel, xlabel))
+  ax.set_ylabel('std of accuracy over seeds (percentage points)')
+  ax.set_title('Run-to-run variation per group')
+  ax.legend(fontsize=8)
+  ax2 = ax.twinx()
+  ax2.plot(x[order], pct('mean_accuracy'), 'k:', alpha=0.6)
+  ax2.set_ylabel('mean accuracy (%, dotted)')
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, PLOTS[0]), dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ind, obs = pct('independent_std'), pct('std_accuracy')
+  ax.scatter(ind, obs)
+  for xi, yi, name in zip(ind, obs, np.array(names)[order]):
+    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords='offset points')
+  finite = np.concatenate([ind, obs])
+  finite = finite[np.isfinite(finite)]
+  top = 1.1 * finite.max() if finite.size else 1.0
+  ax.plot([0, top], [0, top], 'k--', lw=1, label='observed = independent')
+  ax.set_xlim(0, top)
+  ax.set_ylim(0, top)
+  ax.set_xlabel('std predicted by independent errors (pp)')
+  ax.set_ylabel('observed test-set std (pp)')
+  ax.set_title('Above the line: distribution-wise variance')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, PLOTS[1]), dpi=120)
+  plt.close(fig)
+
+  accs = {g['group']: [] for g in groups}
+  for m in summary['models']:
+    accs[m['group']].append(100 * m['test_accuracy'])
+  _histograms(plt, [accs[g['group']] for g in groups], names, 'test accuracy of a model (%)',
+              'models', os.path.join(workdir, PLOTS[2]))
+  if per_example is not None:
+    p = per_example['example_accuracy']
+    _histograms(plt, [p[g] for g in range(len(groups))], names,
+                'per-example accuracy p_i over the group\'s models', 'test examples',
+                os.path.join(workdir, PLOTS[3]), bins=np.linspace(0, 1, 21))
+
+
+def _histograms(plt, values, names, xlabel, ylabel, path, bins=20):
+  cols = min(4, len(values))
+  rows = -(-len(values) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+  for ax, v, name in zip(axes.flat, values, names):
+    ax.hist(v, bins=bins)
+    ax.set_title(name, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+  for ax in list(axes.flat)[len(values):]:
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(workdir):
+  """Writes report.md, report.csv and the plots into ``workdir``; returns their paths."""
+  summary = load_summary(workdir)
+  npz = os.path.join(workdir, 'per_example.npz')
+  per_example = np.load(npz) if os.path.exists(npz) else None
+  write_markdown(summary, os.path.join(workdir, 'report.md'))
+  write_csv(summary, os.path.join(workdir, 'report.csv'))
+  plot_all(summary, per_example, workdir)
+  outputs = ['report.md', 'report.csv'] + list(PLOTS if per_example is not None else PLOTS[:3])
+  return [os.path.join(workdir, name) for name in outputs]
+
+
+
+
+def main(argv):
+  del argv
+  try:
+    paths = write_report(flags.FLAGS.workdir)
+  except FileNotFoundError as e:
+    print(f'varjax.report: {e}', file=sys.stderr)
+    sys.exit(2)
+  for path in paths:
+    print(path)
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: report and runner are also imported as libraries.
+  flags.DEFINE_string('workdir', None, 'A finished run or merged sweep.')
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)

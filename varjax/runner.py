@@ -1,0 +1,117 @@
+r"""Sweeps that cannot share one program: a list of configs, one sub-workdir each.
+
+Training length, augmentation on/off or which sources of randomness vary change
+the program itself, so each point is its own run. The sweep file defines
+``get_sweep(arg)`` returning a list of ``{'name', 'values', 'config'}`` dicts;
+the runner trains each point into ``WORKDIR/<name>`` (skipping points whose
+summary.json exists, so rerunning the command resumes), then merges the points'
+summaries into ``WORKDIR/summary.json`` and ``WORKDIR/per_example.npz``, one
+group per (point, inner group), for ``varjax.report``.
+
+  python -m varjax.runner --sweep=experiments/epochs_sweep.py:cpu --workdir=DIR
+  python -m varjax.report --workdir=DIR
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from varjax import train
+
+
+def load_sweep(spec):
+  """Points of ``path/to/file.py[:arg]``."""
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Sweep file {path} does not exist.')
+  module_spec = importlib.util.spec_from_file_location('varjax_sweep_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  points = module.get_sweep(arg or None)
+  names = [p['name'] for p in points]
+  if len(set(names)) != len(names) or any('/' in n or not n for n in names):
+    raise ValueError(f'Sweep point names must be unique, non-empty, without "/": {names}')
+  return points
+
+
+def run_points(points, workdir, train_fn=train.train_and_evaluate):
+  """Trains every point without a summary.json; returns the names that were trained."""
+  trained = []
+  for i, point in enumerate(points):
+    sub = os.path.join(workdir, point['name'])
+    if os.path.exists(os.path.join(sub, train.SUMMARY_FILE)):
+      logging.info('point %d/%d %s: finished, skipped', i + 1, len(points), point['name'])
+      continue
+    logging.info('point %d/%d %s: training into %s', i + 1, len(points), point['name'], sub)
+    train_fn(point['config'], sub)
+    trained.append(point['name'])
+  return trained
+
+
+def merge(points, workdir):
+  """Merges the points' summaries into one; returns it."""
+  groups, models, per_example = [], [], {}
+  first = None
+  for point in points:
+    sub = os.path.join(workdir, point['name'])
+    with open(os.path.join(sub, train.SUMMARY_FILE)) as f:
+      summary = json.load(f)
+    first = first or summary
+    offset = len(groups)
+    inner = summary['groups']
+    for g in inner:
+      name = point['name'] if len(inner) == 1 else f"{point['name']} {g.get('name', '')}"
+      groups.append({**g, 'group': offset + g['group'], 'name': name, 'point': point['name'],
+                     'values': {**point['values'], **g.get('values', {})}})
+    for m in summary['models']:
+      models.append({**m, 'group': offset + m['group'], 'point': point['name']})
+    npz = os.path.join(sub, train.PER_EXAMPLE_FILE)
+    if os.path.exists(npz):
+      with np.load(npz) as data:
+        for key in ('example_accuracy', 'vote_counts'):
+          per_example.setdefault(key, []).append(data[key])
+        per_example['labels'] = data['labels']
+  merged = {'name': 'sweep', 'variant': first.get('variant'), 'num_test': first['num_test'],
+            'test_set': first.get('test_set'), 'num_models': len(models),
+            'points': [{'name': p['name'], 'values': p['values']} for p in points],
+            'models': models, 'groups': groups}
+  train.write_json_atomic(os.path.join(workdir, train.SUMMARY_FILE), merged)
+  if len(per_example.get('example_accuracy', [])) == len(points):
+    np.savez_compressed(os.path.join(workdir, train.PER_EXAMPLE_FILE),
+                        labels=per_example['labels'],
+                        **{k: np.concatenate(per_example[k]) for k in
+                           ('example_accuracy', 'vote_counts')})
+  return merged
+
+
+def run_sweep(points, workdir, train_fn=train.train_and_evaluate):
+  os.makedirs(workdir, exist_ok=True)
+  run_points(points, workdir, train_fn)
+  return merge(points, workdir)
+
+
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    points = load_sweep(flags.FLAGS.sweep)
+    run_sweep(points, flags.FLAGS.workdir)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'varjax.runner: {type(e).__name__}: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: report and runner are also imported as libraries.
+  flags.DEFINE_string('sweep', None, 'Sweep file[:arg] defining get_sweep(arg).')
+  flags.DEFINE_string('workdir', None, 'Directory of the sweep (one sub-dir per point).')
+  flags.mark_flags_as_required(['sweep', 'workdir'])
+  app.run(main)
