@@ -103,8 +103,9 @@ def get_config(arg=None):
   c.randomness.vary = ('init', 'order', 'augment')
 
   c.ensemble = ml_collections.ConfigDict()
-  # Models unrolled in one scan iteration of the step; must divide the models
-  # per device. None: chosen automatically from the backend.
+  # Models per chunk of the step (one chunk's activations are live at a time);
+  # must divide the models per device. None: 4 on CPU, else what half the
+  # device memory holds (ensemble.default_models_per_chunk).
   c.ensemble.models_per_chunk = config_dict.placeholder(int)
   # How a chunk's models run: 'unrolled' (dense per-model ops; bit-identical to a
   # model run alone), 'vmap' (batched ops; faster on accelerators), 'auto'

@@ -2,11 +2,14 @@
 
 Every per-model array has a leading models axis sharded over all devices with
 ``NamedSharding(mesh, P('models'))``; data is replicated. Inside ``shard_map``
-each device runs its own models: a ``lax.scan`` over chunks of
-``models_per_chunk`` models, the models of a chunk unrolled. Unrolling keeps each
-model's convolutions ordinary dense convolutions (``vmap`` would turn them into
-grouped convolutions, ~40x slower on XLA:CPU), and the scan keeps compile time
-independent of N.
+each device runs its own models in chunks of ``models_per_chunk``:
+
+- the chunk loop is a ``lax.scan`` (one dispatch per step; compile time
+  independent of N) on accelerators, and a host loop over one jitted chunk
+  function on CPU, where XLA runs convolutions inside loops ~10x slower;
+- within a chunk the models are 'unrolled' (each model's convolutions stay
+  dense, bit-identical to the model run alone; ``vmap`` would make grouped
+  convolutions, ~40x slower on XLA:CPU) or 'vmap' (batched; for accelerators).
 
 Independence: model ``first_model_id + k`` takes its init, data order and
 augmentation keys from ``(seed, id)`` alone (``model_key``), and nothing couples
@@ -16,7 +19,7 @@ device count. On CPU they are bit-identical (tests/ensemble_test.py).
 Example:
   >>> ens = Ensemble(config, num_train=40_000)                       # doctest: +SKIP
   >>> state = ens.init(whiten_kernel)                                # doctest: +SKIP
-  >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)
+  >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)  # doctest: +SKIP
 """
 
 import jax
@@ -53,16 +56,45 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def default_models_per_chunk(models_per_device, platform):
+def activation_bytes_per_model(widths, batch_size, whiten_width=24, dtype_bytes=4):
+  """Rough bytes one model's train step keeps for its backward pass.
+
+  Counts the maps of every conv group (pre-pool conv output, pooled, BN, GELU;
+  three tensors at the pre-pool size, four after) and doubles it for gradients
+  and XLA's temporaries. About 4.4 GB for airbench94 at batch 1024 in float32.
+  """
+  size, floats = 31, 31 * 31 * whiten_width
+  for width in widths:
+    floats += 3 * size * size * width
+    size //= 2
+    floats += 4 * size * size * width
+  return 2 * floats * batch_size * dtype_bytes
+
+
+def default_models_per_chunk(models_per_device, platform, memory_bytes=None,
+                             bytes_per_model=None):
   """Largest divisor of the per-device model count not above the backend's target.
 
-  CPU: a few models per chunk lets XLA overlap independent models' small ops
-  on the cores. Accelerators: bounded by activation memory (~1 GB per
-  airbench94 model at batch 1024).
+  CPU: 4 (a few models per chunk lets XLA overlap independent models' small ops).
+  Accelerators: as many models as half the device memory holds by
+  ``activation_bytes_per_model`` when both are known, else 16.
   """
-  target = 4 if platform == 'cpu' else 16
+  if platform == 'cpu':
+    target = 4
+  elif memory_bytes and bytes_per_model:
+    target = max(1, int(0.5 * memory_bytes // bytes_per_model))
+  else:
+    target = 16
   return max(d for d in range(1, min(target, models_per_device) + 1)
              if models_per_device % d == 0)
+
+
+def device_memory_bytes(device):
+  """The device's memory limit, or None where the backend does not report it."""
+  try:
+    return (device.memory_stats() or {}).get('bytes_limit')
+  except Exception:  # pylint: disable=broad-except  (backends without memory_stats)
+    return None
 
 
 FORMULATIONS = ('auto', 'unrolled', 'vmap')
@@ -175,7 +207,11 @@ class Ensemble:
     platform = self.mesh.devices.flat[0].platform
     chunk = config.ensemble.models_per_chunk
     if chunk is None:
-      chunk = default_models_per_chunk(per_device, platform)
+      dtype_bytes = 2 if config.ensemble.compute_dtype == 'bfloat16' else 4
+      chunk = default_models_per_chunk(
+          per_device, platform, device_memory_bytes(self.mesh.devices.flat[0]),
+          activation_bytes_per_model(config.model.widths, config.train.batch_size,
+                                     dtype_bytes=dtype_bytes))
     if chunk < 1 or per_device % chunk:
       raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
                                      f'{per_device} models per device.')
