@@ -51,6 +51,10 @@ def get_config(arg=None):
   c.data.holdout_size = 10_000
   c.data.train_size = config_dict.placeholder(int)  # None: every training image
   c.data.verify_checksums = True  # cifar10_binary: md5 of the known files
+  # More evaluation sets, each analysed separately (distribution shift):
+  # 'tfds:cifar10_1' (CIFAR-10.1 v6 through tfds) or 'binary:PATH' (CIFAR-10
+  # binary records: a .bin file or a directory with test_batch.bin).
+  c.data.extra_test_sets = ()
 
   c.model = ml_collections.ConfigDict()
   c.model.widths = (64, 256, 256)

@@ -15,16 +15,7 @@ Example:
   python -m varjax.report --workdir=/tmp/epochs
 """
 
-import importlib.util
-import os
-
-
-def _airbench_config(variant):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'airbench.py')
-  spec = importlib.util.spec_from_file_location('airbench_experiment', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from varjax import config_files
 
 
 def get_sweep(arg=None):
@@ -36,7 +27,8 @@ def get_sweep(arg=None):
                      "choose one of '', 'cpu', 'smoke'.")
   points = []
   for e in epochs[variant]:
-    c = _airbench_config('' if variant == 'default' else variant)
+    c = config_files.sibling_config(__file__, 'airbench.py',
+                                    '' if variant == 'default' else variant)
     c.name = 'epochs_sweep'
     c.train.epochs = e
     c.train.whiten_bias_epochs = min(c.train.whiten_bias_epochs, e)

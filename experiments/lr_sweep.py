@@ -17,16 +17,7 @@ Example:
   python -m varjax.report --workdir=/tmp/lr_sweep
 """
 
-import importlib.util
-import os
-
-
-def _airbench_config(variant):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'airbench.py')
-  spec = importlib.util.spec_from_file_location('airbench_experiment', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from varjax import config_files
 
 
 def get_config(arg=None):
@@ -35,7 +26,8 @@ def get_config(arg=None):
   if variant not in ('default', 'cpu', 'smoke'):
     raise ValueError(f"Unknown variant {arg!r} of experiments/lr_sweep.py; "
                      "choose one of '', 'cpu', 'smoke'.")
-  c = _airbench_config('' if variant == 'default' else variant)
+  c = config_files.sibling_config(__file__, 'airbench.py',
+                                 '' if variant == 'default' else variant)
   c.name = 'lr_sweep'
   c.variant = variant
   if variant == 'default':

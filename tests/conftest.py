@@ -1,6 +1,5 @@
 """Shared test setup: 8 fake CPU devices (set before JAX starts) and config loading."""
 
-import importlib.util
 import os
 import pathlib
 
@@ -9,16 +8,15 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from varjax import config_files  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 CIFAR10_BINARY = SHARED_DATA / 'cifar10' / 'cifar-10-batches-bin'
 
 
 def load_experiment(name='airbench', variant='smoke'):
-  spec = importlib.util.spec_from_file_location(name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_files.load_config(f"{REPO / 'experiments' / name}.py:{variant}")
 
 
 def tiny_config(**overrides):

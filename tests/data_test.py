@@ -127,3 +127,26 @@ def test_tfds_missing_dataset_is_a_clear_error(tmp_path):
   pytest.importorskip('tensorflow_datasets')
   with pytest.raises(data.DataError, match='cifar10_binary'):
     data.load(data_config(source='tfds', dir=str(tmp_path)))
+
+
+def test_extra_test_set_from_tfds_under_mock_data():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=7):
+    name, images, labels = data.load_extra_test_set('tfds:cifar10_1')
+  assert name == 'cifar10_1' and images.shape == (7, 32, 32, 3) and labels.shape == (7,)
+
+
+def test_extra_test_set_from_binary_records(tmp_path):
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 5)
+  path = tmp_path / 'shifted.bin'
+  path.write_bytes(encode_records(images, labels))
+  name, got_images, got_labels = data.load_extra_test_set(f'binary:{path}')
+  assert name == 'shifted'
+  np.testing.assert_array_equal(got_images, images)
+  np.testing.assert_array_equal(got_labels, labels)
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load_extra_test_set(f'binary:{tmp_path / "nope.bin"}')
+  with pytest.raises(data.DataError, match="must be 'tfds:NAME"):
+    data.load_extra_test_set('cifar10_1')

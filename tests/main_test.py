@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, needs_shared_data
+from varjax import report
+
+from conftest import CIFAR10_BINARY, REPO, needs_shared_data
 
 TINY = ('--config.num_models=3', '--config.model.widths=(4,8,8)',
         '--config.model.whiten_num_images=64', '--config.data.train_size=256',
@@ -28,8 +30,12 @@ def run_main(workdir, *flags, devices=1, config='experiments/airbench.py:smoke')
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory):
+  """The tiny run, with the holdout written out again as an extra 'shifted' test set."""
   workdir = tmp_path_factory.mktemp('run')
-  proc = run_main(workdir)
+  raw = (CIFAR10_BINARY / 'data_batch_5.bin').read_bytes()
+  shifted = workdir.parent / 'shifted.bin'
+  shifted.write_bytes(raw[-128 * 3073:])  # the last 128 training images: the holdout
+  proc = run_main(workdir, f'--config.data.extra_test_sets=("binary:{shifted}",)')
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
@@ -125,3 +131,21 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_summary(tmp_path):
   got = json.loads((workdir / 'summary.json').read_text())
   for key in ('models', 'groups', 'diverged', 'total_steps'):
     assert got[key] == want[key], key
+
+
+@needs_shared_data
+def test_extra_test_set_is_analysed_like_the_main_one(finished_run):
+  """The extra set holds the holdout's images again, so its results equal the main ones."""
+  workdir, _ = finished_run
+  summary = json.loads((workdir / 'summary.json').read_text())
+  (extra,) = summary['extra_test_sets']
+  assert extra['name'] == 'shifted' and extra['num_test'] == 128
+  for main, other in zip(summary['models'], extra['models']):
+    assert other['id'] == main['id']
+    assert other['test_accuracy'] == main['test_accuracy'] and other['ece'] == main['ece']
+  assert extra['groups'] == summary['groups']
+  per_example = np.load(workdir / 'per_example.npz')
+  np.testing.assert_array_equal(per_example['shifted/example_accuracy'],
+                                per_example['example_accuracy'])
+  report.write_report(str(workdir))
+  assert '## Distribution shift: shifted (128 images)' in (workdir / 'report.md').read_text()

@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 KNOWN_KEYS = frozenset("""
 name variant seed num_models first_model_id overwrite
 data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
+data.extra_test_sets
 model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
 model.bn_momentum model.head_scale model.gelu_approximate
 train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs

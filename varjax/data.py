@@ -198,3 +198,27 @@ def load(data_config):
     train_labels = train_labels[:data_config.train_size]
   return Dataset(train_images=train_images, train_labels=train_labels,
                  test_images=test_images, test_labels=test_labels, test_name=test_name)
+
+
+def load_extra_test_set(spec, data_dir=None):
+  """(name, images, labels) of one more evaluation set, for distribution shift.
+
+  ``spec``: 'tfds:NAME[:SPLIT]' (e.g. 'tfds:cifar10_1', split 'test' by default;
+  TFDS data_dir from ``data_dir``) or 'binary:PATH' (a file of CIFAR-10 binary
+  records, or a directory holding test_batch.bin).
+  """
+  kind, _, rest = spec.partition(':')
+  if kind == 'tfds' and rest:
+    name, _, split = rest.partition(':')
+    images, labels = _read_tfds_split(name, split or 'test', data_dir)
+    return f'{name}_{split}' if split else name, images, labels
+  if kind == 'binary' and rest:
+    path = os.path.join(rest, TEST_FILE) if os.path.isdir(rest) else rest
+    if not os.path.exists(path):
+      raise DataError(f'Extra test set {spec!r}: {path} does not exist.')
+    with open(path, 'rb') as f:
+      images, labels = decode_cifar10_records(f.read(), source=path)
+    name = os.path.splitext(os.path.basename(os.path.normpath(rest)))[0]
+    return name, images, labels
+  raise DataError(f"data.extra_test_sets entry {spec!r} must be 'tfds:NAME[:SPLIT]' or "
+                  "'binary:PATH'.")

@@ -3,8 +3,10 @@ r"""Tables and plots of a finished run or sweep: one row per group (grid point).
   python -m varjax.report --workdir=DIR
 
 Reads DIR/summary.json (and per_example.npz when present) and writes
-  report.md                      the variance table, one row per group;
-  report.csv                     the same numbers, full precision, for pandas;
+  report.md                      the variance table, one row per group, and one
+                                 more table per extra test set (distribution shift);
+  report.csv                     the same numbers, full precision, for pandas (one
+                                 block of rows per test set);
   std_vs_swept.png               std and distribution-wise std vs the swept value
                                  (log x when it spans a factor > 4), 95% CI band;
   observed_vs_independent.png    observed std vs the std independent errors predict;
@@ -69,9 +71,9 @@ def _fmt(value, fmt):
   return fmt.format(int(value) if fmt == '{:d}' else value)
 
 
-def table_rows(summary):
-  """Header and rows of the table (strings), one row per group."""
-  groups = summary['groups']
+def table_rows(summary, groups=None):
+  """Header and rows of the table (strings), one row per group (default: the main test set's)."""
+  groups = summary['groups'] if groups is None else groups
   keys = swept_keys(groups)
   header = ['group'] + keys + [h for _, h, _ in COLUMNS]
   rows = []
@@ -95,6 +97,11 @@ def write_markdown(summary, path):
             'what independent per-example errors predict; ratio = std^2 / indep. std^2; '
             'dist. std: unbiased distribution-wise std (0 when its estimate is negative); '
             'disagreement vs error: equal for a class-wise calibrated ensemble (GDE).', '']
+  for extra in summary.get('extra_test_sets', []):
+    header, rows = table_rows(summary, extra['groups'])
+    lines += [f"## Distribution shift: {extra['name']} ({extra['num_test']} images)", '',
+              '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    lines += ['| ' + ' | '.join(r) + ' |' for r in rows] + ['']
   lines += [f'![{name}]({name})' for name in PLOTS]
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -106,11 +113,16 @@ def write_csv(summary, path):
   metric_keys = [k for k, _, _ in COLUMNS if k != 'std_accuracy_ci']
   with open(path, 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(['group', 'name'] + keys + metric_keys + ['std_ci_low', 'std_ci_high'])
-    for g in groups:
-      ci = g.get('std_accuracy_ci') or [None, None]
-      w.writerow([g['group'], g.get('name', '')] + [g['values'].get(k) for k in keys]
-                 + [g.get(k) for k in metric_keys] + list(ci))
+    w.writerow(['test_set', 'group', 'name'] + keys + metric_keys
+               + ['std_ci_low', 'std_ci_high'])
+    sets = [(summary.get('test_set', 'test'), groups)] + [
+        (e['name'], e['groups']) for e in summary.get('extra_test_sets', [])]
+    for test_set, rows in sets:
+      for g in rows:
+        ci = g.get('std_accuracy_ci') or [None, None]
+        w.writerow([test_set, g['group'], g.get('name', '')]
+                   + [g['values'].get(k) for k in keys]
+                   + [g.get(k) for k in metric_keys] + list(ci))
 
 
 def _x_axis(groups):

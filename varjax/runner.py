@@ -12,7 +12,6 @@ group per (point, inner group), for ``varjax.report``.
   python -m varjax.report --workdir=DIR
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -22,18 +21,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from varjax import config_files
 from varjax import train
 
 
 def load_sweep(spec):
   """Points of ``path/to/file.py[:arg]``."""
   path, _, arg = spec.partition(':')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Sweep file {path} does not exist.')
-  module_spec = importlib.util.spec_from_file_location('varjax_sweep_file', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  points = module.get_sweep(arg or None)
+  points = config_files.load_module(path).get_sweep(arg or None)
   names = [p['name'] for p in points]
   if len(set(names)) != len(names) or any('/' in n or not n for n in names):
     raise ValueError(f'Sweep point names must be unique, non-empty, without "/": {names}')

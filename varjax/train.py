@@ -172,6 +172,15 @@ def train_and_evaluate(config, workdir):
                             config.analysis)
   results = evaluate(state, jax.device_put(dataset.test_images, replicated),
                      jax.device_put(dataset.test_labels, replicated))
+  extra = []
+  for spec in config.data.extra_test_sets:
+    name, images, labels = data_lib.load_extra_test_set(spec, config.data.dir)
+    evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
+                                    config.eval.batch_size, config.analysis)
+    extra.append((name, labels, evaluate_extra(state, jax.device_put(images, replicated),
+                                               jax.device_put(labels, replicated))))
+    logging.info('%s (%d images): mean accuracy %.4f', name, len(labels),
+                 extra[-1][2]['accuracy'].mean())
   eval_time = time.perf_counter() - start
   writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
                test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time)
@@ -184,46 +193,62 @@ def train_and_evaluate(config, workdir):
               'num_devices': int(ens.mesh.devices.size),
               'models_per_chunk': ens.models_per_chunk,
               'train_seconds': train_time, 'eval_seconds': eval_time}
-  summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels, diverged)
+  summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels, diverged,
+                          extra)
   for line in analysis.report_lines(results, sweep.point_names(config)):
     logging.info('%s', line)
   return summary
 
 
-def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged):
+def _model_metrics(results, k):
+  return {'test_accuracy': float(results['accuracy'][k]),
+          **{name: _json_value(results[name][k]) for name in analysis.PER_MODEL_KEYS
+             if name != 'accuracy'}}
+
+
+def _group_rows(ens, results):
+  points = sweep.grid_points(ens.config)  # config units, one per group
+  names, values = sweep.point_names(ens.config), sweep.swept_values(ens.config)
+  return [{'group': g, 'name': names[g], 'values': values[g], **points[g],
+           **{k: _json_value(results[k][g]) for k in analysis.PER_GROUP_KEYS}}
+          for g in range(int(ens.groups.max()) + 1)]
+
+
+def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged,
+                  extra_test_sets=()):
   """Writes summary.json and per_example.npz; returns the summary dict.
 
   ``diverged``: (N,) step at which each model diverged, -1 if it did not.
+  ``extra_test_sets``: (name, labels, results) of further evaluation sets; each
+  gets the same per-model and per-group results under ``extra_test_sets``.
   """
-  n = ens.num_models
-  per_model = {k: results[k] for k in analysis.PER_MODEL_KEYS}
-  points = sweep.grid_points(ens.config)  # config units, one per group
+  points = sweep.grid_points(ens.config)
   models = []
-  for k in range(n):
+  for k in range(ens.num_models):
     entry = {'id': int(ens.model_ids[k]), 'seed': run_info['seed'],
              'group': int(ens.groups[k]),
              'diverged_at_step': None if diverged[k] < 0 else int(diverged[k]),
-             'test_accuracy': float(results['accuracy'][k]),
              'train_loss': _json_value(train_metrics['loss'][k]),
              'train_accuracy': _json_value(train_metrics['accuracy'][k])}
     entry.update(points[int(ens.groups[k])])
-    entry.update({name: _json_value(v[k]) for name, v in per_model.items()
-                  if name != 'accuracy'})
+    entry.update(_model_metrics(results, k))
     models.append(entry)
-  num_groups = int(ens.groups.max()) + 1
-  per_group = {k: results[k] for k in analysis.PER_GROUP_KEYS}
-  names, values = sweep.point_names(ens.config), sweep.swept_values(ens.config)
-  groups = [{'group': g, 'name': names[g], 'values': values[g], **points[g],
-             **{k: _json_value(v[g]) for k, v in per_group.items()}}
-            for g in range(num_groups)]
-  summary = {**run_info, 'num_models': n,
+  extra = [{'name': name, 'num_test': len(labels),
+            'models': [{'id': int(ens.model_ids[k]), 'group': int(ens.groups[k]),
+                        **_model_metrics(r, k)} for k in range(ens.num_models)],
+            'groups': _group_rows(ens, r)} for name, labels, r in extra_test_sets]
+  summary = {**run_info, 'num_models': ens.num_models,
              'diverged': [{'id': int(ens.model_ids[k]), 'step': int(diverged[k])}
                           for k in np.flatnonzero(diverged >= 0)],
-             'models': models, 'groups': groups}
+             'models': models, 'groups': _group_rows(ens, results),
+             'extra_test_sets': extra}
   write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
+  arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS}
+  for name, labels, r in extra_test_sets:
+    arrays[f'{name}/labels'] = np.asarray(labels)
+    arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS})
   np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
-                      groups=np.asarray(ens.groups),
-                      **{k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS})
+                      groups=np.asarray(ens.groups), **arrays)
   return summary
 
 
