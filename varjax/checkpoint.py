@@ -98,8 +98,13 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), totals=ocp.args.StandardSave(totals)))
 
   def _write_manifests(self):
-    """Checksums of every step orbax has finalised; drops those of deleted steps."""
+    """Checksums of every step orbax has finalised; drops those of deleted steps.
+
+    Process 0 writes them (every process waits for orbax to finish).
+    """
     self.manager.wait_until_finished()
+    if jax.process_index() != 0:
+      return
     steps = set(self.manager.all_steps())
     for name in os.listdir(self.manifests):
       if name.endswith('.json') and int(name[:-5]) not in steps:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import ml_collections
 from absl import logging
+from jax.experimental import multihost_utils
 
 from varjax import analysis
 from varjax import checkpoint as checkpoint_lib
@@ -41,12 +42,17 @@ class WorkdirError(RuntimeError):
   """The workdir holds something a new run must not silently overwrite."""
 
 
-def prepare_workdir(workdir, config):
+def prepare_workdir(workdir, config, write=True):
   """Checks what ``workdir`` holds against ``config``; writes config.json.
 
   A finished run is kept unless ``config.overwrite`` (which also drops its
   checkpoints); checkpoints of a stopped run must come from the same config.
+  Every process checks (so all raise the same error); only ``write`` ones write.
   """
+  if not write:
+    if os.path.exists(os.path.join(workdir, SUMMARY_FILE)) and not config.overwrite:
+      raise WorkdirError(f'{workdir} holds a finished run ({SUMMARY_FILE} exists).')
+    return
   os.makedirs(workdir, exist_ok=True)
   summary = os.path.join(workdir, SUMMARY_FILE)
   config_path = os.path.join(workdir, CONFIG_FILE)
@@ -74,11 +80,20 @@ def prepare_workdir(workdir, config):
   os.replace(config_path + '.tmp', config_path)
 
 
-def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config):
+def host_gatherer(mesh):
+  """Returns to_host(tree) -> NumPy: gathers arrays sharded over all processes' devices."""
+  gather = jax.jit(lambda tree: tree, out_shardings=ensemble_lib.replicated(mesh))
+  return lambda tree: jax.tree.map(np.asarray, gather(tree))
+
+
+def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
+                   diverged=None):
   """Returns evaluate(state, images, labels) -> analysis results (host NumPy).
 
   Test images and labels live on the device; each batch's TTA logits stay
-  there and go straight into the analysis accumulators.
+  there and go straight into the analysis accumulators (replicated over the
+  mesh; only the final results are gathered). ``diverged`` (N,) marks models
+  (>= 0) that join no group statistic.
   """
 
   def take(images, labels, start, size):
@@ -87,17 +102,18 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config):
     return x, y, start + jnp.arange(size, dtype=jnp.int32)
 
   take = jax.jit(take, static_argnums=3)
+  replicated = ensemble_lib.replicated(ens.mesh)
   update = jax.jit(analysis.update, donate_argnums=0)
-  finalize = jax.jit(analysis.finalize)
+  finalize = jax.jit(analysis.finalize, out_shardings=replicated)
+  groups = ens.groups if diverged is None else np.where(diverged >= 0, -1, ens.groups)
 
   def evaluate(state, images, labels):
-    # Diverged models get their own metrics but join no group statistic.
-    groups = np.where(np.asarray(state['diverged_at']) >= 0, -1, ens.groups)
     stats = analysis.init(ens.num_models, num_examples, num_classes, groups,
                           num_groups=int(ens.groups.max()) + 1,
                           num_bootstrap=analysis_config.num_bootstrap,
                           alpha_trim_resamples=analysis_config.alpha_trim_resamples,
                           seed=analysis_config.seed)
+    stats = jax.device_put(stats, replicated)
     for start in range(0, num_examples, batch_size):
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
       stats = update(stats, ens.logits(state, x), y, ids)
@@ -109,7 +125,12 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config):
 def train_and_evaluate(config, workdir):
   """Trains ``config.num_models`` models at once and writes the run's outputs to ``workdir``."""
   config_check.check(config)
-  prepare_workdir(workdir, config)
+  # Multi-process runs (jax.distributed): process 0 writes the outputs; every
+  # process trains its own models and writes its part of each checkpoint.
+  is_writer = jax.process_index() == 0
+  prepare_workdir(workdir, config, write=is_writer)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('varjax: workdir prepared')
   dataset = data_lib.load(config.data)
   num_train, num_test = len(dataset.train_labels), len(dataset.test_labels)
 
@@ -124,6 +145,7 @@ def train_and_evaluate(config, workdir):
                num_test, dataset.test_name, plan.total_steps, plan.batch_size)
 
   replicated = ensemble_lib.replicated(ens.mesh)
+  to_host = host_gatherer(ens.mesh)
   train_images = jax.device_put(dataset.train_images, replicated)
   train_labels = jax.device_put(dataset.train_labels, replicated)
   state = ens.init(airbench.whitening_kernel_for(dataset.train_images, config.model))
@@ -131,7 +153,7 @@ def train_and_evaluate(config, workdir):
   zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   done, state, totals = ckpt.restore_latest(state, zeros())
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir) if is_writer else writers.NullWriter()
   train_time = 0.0
   last = None
   for epoch, steps in plan.epochs():
@@ -148,11 +170,11 @@ def train_and_evaluate(config, workdir):
       totals = jax.tree.map(jnp.add, totals, metrics)
       if config.log.every_steps and (step + 1) % config.log.every_steps == 0:
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
-                                               for k, v in metrics.items()})
+                                               for k, v in to_host(metrics).items()})
       if ckpt.should_save(step + 1, step == steps[-1], plan.total_steps):
         ckpt.save(step + 1, state, totals)
     done = steps[-1] + 1
-    last = jax.tree.map(lambda t: np.asarray(t) / len(steps), totals)  # waits for the epoch
+    last = jax.tree.map(lambda t: t / len(steps), to_host(totals))  # waits for the epoch
     seconds = time.perf_counter() - start
     train_time += seconds
     logging.info('epoch %d/%d  %.1fs  train loss %.4f  acc %.4f (mean over %d models)',
@@ -163,20 +185,20 @@ def train_and_evaluate(config, workdir):
                  train_accuracy=float(last['accuracy'].mean()))
 
   ckpt.close()
-  diverged = np.asarray(state['diverged_at'])
+  diverged = to_host(state['diverged_at'])
   for k in np.flatnonzero(diverged >= 0):
     logging.warning('model %d diverged at step %d: frozen there, excluded from its group',
                     ens.model_ids[k], diverged[k])
   start = time.perf_counter()
   evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size,
-                            config.analysis)
+                            config.analysis, diverged)
   results = evaluate(state, jax.device_put(dataset.test_images, replicated),
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
   for spec in config.data.extra_test_sets:
     name, images, labels = data_lib.load_extra_test_set(spec, config.data.dir)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
-                                    config.eval.batch_size, config.analysis)
+                                    config.eval.batch_size, config.analysis, diverged)
     extra.append((name, labels, evaluate_extra(state, jax.device_put(images, replicated),
                                                jax.device_put(labels, replicated))))
     logging.info('%s (%d images): mean accuracy %.4f', name, len(labels),
@@ -193,8 +215,10 @@ def train_and_evaluate(config, workdir):
               'num_devices': int(ens.mesh.devices.size),
               'models_per_chunk': ens.models_per_chunk,
               'train_seconds': train_time, 'eval_seconds': eval_time}
-  summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels, diverged,
-                          extra)
+  summary = None
+  if is_writer:
+    summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels,
+                            diverged, extra)
   for line in analysis.report_lines(results, sweep.point_names(config)):
     logging.info('%s', line)
   return summary

@@ -134,3 +134,13 @@ class MetricWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+class NullWriter:
+  """Stands in for MetricWriter on processes that do not write (all but process 0)."""
+
+  def write(self, step, **values):
+    del step, values
+
+  def close(self):
+    pass
