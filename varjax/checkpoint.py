@@ -19,6 +19,7 @@ Example:
 
 import hashlib
 import json
+import logging as std_logging
 import os
 
 import jax
@@ -35,7 +36,8 @@ RESUMABLE_CHANGES = ('overwrite', 'checkpoint.', 'log.')
 
 def _quiet_orbax(record):
   """orbax logs every save step at INFO; keep its warnings and errors only."""
-  return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+  return (record.levelno >= std_logging.WARNING
+          or f'{os.sep}orbax{os.sep}' not in record.pathname)
 
 
 class CheckpointError(RuntimeError):
@@ -78,9 +80,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.checkpoint.keep, create=True,
         enable_async_checkpointing=config.checkpoint.async_save)
-    absl_logger = logging.get_absl_logger()
-    if _quiet_orbax not in absl_logger.filters:
-      absl_logger.addFilter(_quiet_orbax)
+    # On absl's Python handler (ABSLHandler.handle skips its own filters): orbax
+    # logs through child loggers as well as absl's.
+    handler = logging.get_absl_handler().python_handler
+    if _quiet_orbax not in handler.filters:
+      handler.addFilter(_quiet_orbax)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     os.makedirs(self.manifests, exist_ok=True)
 
