@@ -44,23 +44,25 @@ def forward_flops_per_image(widths, whiten_width=24, kernel_size=2, num_classes=
   return flops + 2 * widths[-1] * num_classes
 
 
-def train_flops_per_image(widths):
-  """Forward + backward: about 3x the forward FLOPs."""
-  return 3 * forward_flops_per_image(widths)
+def train_flops_per_image(widths, whiten_width=24, kernel_size=2):
+  """Forward + backward: 3x the forward FLOPs of every layer but the frozen whitening
+  conv, which has neither a kernel nor an input gradient."""
+  whiten = 2 * (32 - kernel_size + 1) ** 2 * kernel_size ** 2 * 3 * whiten_width
+  return 3 * forward_flops_per_image(widths, whiten_width, kernel_size) - 2 * whiten
 
 
 def matmul_peak_flops(dtype, size=None, repeats=5):
   """Best FLOP/s of a square matmul chain on the default device."""
   size = size or (1024 if jax.default_backend() == 'cpu' else 8192)
   a = jnp.ones((size, size), dtype) / size
-  f = jax.jit(lambda x: x @ x @ x @ x)
+  f = jax.jit(lambda x: x @ x @ x @ x)  # three matmuls
   f(a).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
     t = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 4 * 2 * size ** 3 / best
+  return 3 * 2 * size ** 3 / best
 
 
 def time_training(config, num_train, steps, mesh=None):
