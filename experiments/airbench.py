@@ -123,8 +123,8 @@ def get_config(arg=None):
   # (host on CPU, scan elsewhere).
   c.ensemble.chunk_loop = 'auto'
   # Kernel gradient of 3x3 convs: 'xla', 'sliced' (XLA's, summed over slices of
-  # conv_grad_slice images: ~4x faster on XLA:CPU at batch 128-256), 'matmul'
-  # (9 matmuls), 'auto' (sliced on CPU, xla elsewhere). Same maths.
+  # conv_grad_slice images: ~4x faster on XLA:CPU at batch 128-256), 'auto'
+  # (sliced on CPU, xla elsewhere). Same maths.
   c.ensemble.conv_weight_grad = 'auto'
   c.ensemble.conv_grad_slice = 16
 

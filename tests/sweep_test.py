@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from varjax import config_check
-from varjax import optim
 from varjax import sweep
 
 from conftest import load_experiment, tiny_config
@@ -31,10 +30,12 @@ def test_grid_is_the_product_of_swept_axes():
 def test_per_model_hparams_in_sgd_units():
   c = sweep_config()
   h = sweep.model_hparams(c, 4)
+  # SPEC §1: lr / (1024 (1 + 1/(1 - momentum))); wd * batch / (the same scale).
+  scale = 1024 * (1 + 1 / (1 - c.opt.momentum))
   for k, mult in enumerate((0.5, 0.5, 2.0, 2.0)):
-    lr, wd = optim.sgd_units(c.opt.lr * mult, c.opt.weight_decay, c.opt.momentum,
-                             c.train.batch_size, c.opt.lr_reference_batch)
-    assert h['lr'][k] == np.float32(lr) and h['weight_decay'][k] == np.float32(wd)
+    np.testing.assert_allclose(h['lr'][k], c.opt.lr * mult / scale, rtol=1e-6)
+    np.testing.assert_allclose(h['weight_decay'][k],
+                               c.opt.weight_decay * c.train.batch_size / scale, rtol=1e-6)
   np.testing.assert_array_equal(h['label_smoothing'], np.float32(c.train.label_smoothing))
 
 

@@ -47,14 +47,13 @@ class CheckpointError(RuntimeError):
 def config_differences(saved, current):
   """'key: saved -> current' for every result-relevant key that differs."""
   a, b = config_check.flatten(saved), config_check.flatten(current)
+  # config.json stores tuples as lists.
+  plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v
   out = []
   for key in sorted(set(a) | set(b)):
     if key.startswith(RESUMABLE_CHANGES):
       continue
-    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
-    if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
-      va, vb = (list(va) if isinstance(va, (list, tuple)) else va,
-                list(vb) if isinstance(vb, (list, tuple)) else vb)
+    va, vb = plain(a.get(key, '<absent>')), plain(b.get(key, '<absent>'))
     if va != vb:
       out.append(f'{key}: {va!r} -> {vb!r}')
   return out

@@ -119,7 +119,7 @@ def resolve_chunk_loop(chunk_loop, platform):
   return chunk_loop
 
 
-CONV_WEIGHT_GRADS = ('auto', 'xla', 'matmul', 'sliced')
+CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
 
 
 def resolve_conv_weight_grad(conv_weight_grad, platform):
@@ -253,6 +253,7 @@ class Ensemble:
     self.ids = jax.device_put(self.model_ids, shard)
     self.hparams = jax.device_put(sweep.model_hparams(config, self.num_models), shard)
     self.groups = sweep.model_groups(config, self.num_models)
+    self._zeros = {}
     self._build()
 
   def _sharded(self, fn, num_per_model, num_shared):
@@ -326,8 +327,13 @@ class Ensemble:
     return self._orders(self.ids, jnp.int32(epoch))
 
   def zeros(self, shape, dtype=jnp.float32):
-    """A model-sharded (N, *shape) buffer for the chunk loop to fill."""
-    return jax.device_put(np.zeros((self.num_models,) + shape, dtype), model_sharding(self.mesh))
+    """A model-sharded (N, *shape) buffer for the chunk loop to fill, made on the devices."""
+    key = (tuple(shape), jnp.dtype(dtype))
+    if key not in self._zeros:  # one compiled fill per shape: no host copy per step
+      full = (self.num_models,) + key[0]
+      self._zeros[key] = jax.jit(lambda: jnp.zeros(full, key[1]),
+                                 out_shardings=model_sharding(self.mesh))
+    return self._zeros[key]()
 
   def train_step(self, state, orders, images, labels, step):
     """One optimiser step of every model; ``state`` is donated.

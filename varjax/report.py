@@ -59,8 +59,8 @@ def swept_keys(groups):
   keys = []
   for g in groups:
     keys += [k for k in g.get('values', {}) if k not in keys]
-  return [k for k in keys if len({json.dumps(g['values'].get(k)) for g in groups}) > 1] or [
-      k for k in keys]
+  varying = [k for k in keys if len({json.dumps(g['values'].get(k)) for g in groups}) > 1]
+  return varying or keys
 
 
 def _fmt(value, fmt):

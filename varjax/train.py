@@ -49,32 +49,31 @@ def prepare_workdir(workdir, config, write=True):
   checkpoints); checkpoints of a stopped run must come from the same config.
   Every process checks (so all raise the same error); only ``write`` ones write.
   """
-  if not write:
-    if os.path.exists(os.path.join(workdir, SUMMARY_FILE)) and not config.overwrite:
-      raise WorkdirError(f'{workdir} holds a finished run ({SUMMARY_FILE} exists).')
-    return
-  os.makedirs(workdir, exist_ok=True)
   summary = os.path.join(workdir, SUMMARY_FILE)
   config_path = os.path.join(workdir, CONFIG_FILE)
   checkpoints = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  if not config.overwrite:
+    if os.path.exists(summary):
+      raise WorkdirError(
+          f'{workdir} holds a finished run ({SUMMARY_FILE} exists). Choose another --workdir, '
+          'or pass --config.overwrite=True to discard it and start again.')
+    if os.path.isdir(checkpoints) and os.path.exists(config_path):
+      with open(config_path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+      diff = checkpoint_lib.config_differences(saved, config)
+      if diff:
+        raise checkpoint_lib.CheckpointError(
+            f'{workdir} holds checkpoints of a run with a different config: ' + '; '.join(diff)
+            + '. Rerun with the original config to resume, choose another --workdir, or pass '
+            '--config.overwrite=True to start again.')
+  if not write:
+    return
+  os.makedirs(workdir, exist_ok=True)
   if config.overwrite:
     for name in (SUMMARY_FILE, PER_EXAMPLE_FILE, writers.METRICS_FILE):
       if os.path.exists(os.path.join(workdir, name)):
         os.remove(os.path.join(workdir, name))
     shutil.rmtree(checkpoints, ignore_errors=True)
-  elif os.path.exists(summary):
-    raise WorkdirError(
-        f'{workdir} holds a finished run ({SUMMARY_FILE} exists). Choose another --workdir, '
-        'or pass --config.overwrite=True to discard it and start again.')
-  elif os.path.isdir(checkpoints) and os.path.exists(config_path):
-    with open(config_path) as f:
-      saved = ml_collections.ConfigDict(json.load(f))
-    diff = checkpoint_lib.config_differences(saved, config)
-    if diff:
-      raise checkpoint_lib.CheckpointError(
-          f'{workdir} holds checkpoints of a run with a different config: ' + '; '.join(diff)
-          + '. Rerun with the original config to resume, choose another --workdir, or pass '
-          '--config.overwrite=True to start again.')
   with open(config_path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   os.replace(config_path + '.tmp', config_path)
@@ -196,7 +195,8 @@ def train_and_evaluate(config, workdir):
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
   for spec in config.data.extra_test_sets:
-    name, images, labels = data_lib.load_extra_test_set(spec, config.data.dir)
+    tfds_dir = config.data.dir if config.data.source == 'tfds' else None
+    name, images, labels = data_lib.load_extra_test_set(spec, tfds_dir)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
                                     config.eval.batch_size, config.analysis, diverged)
     extra.append((name, labels, evaluate_extra(state, jax.device_put(images, replicated),

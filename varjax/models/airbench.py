@@ -43,8 +43,6 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
-
-
 def max_pool(x, size):
   """Non-overlapping max pool (floor) by reshape: cheaper backward than reduce_window."""
   n, h, w, c = x.shape
