@@ -100,6 +100,23 @@ def get_config(arg=None):
   c.analysis.num_bootstrap = 1000  # resamples of models: 95% CI of each group's std
   c.analysis.alpha_trim_resamples = 100  # resamples of the test set for alpha_trim
   c.analysis.seed = 0  # of both bootstraps (not of the models)
+  # Per-model quantiles of the true-class margin (and normalized margin).
+  c.analysis.margin_quantiles = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+  # Example difficulty (varjax/difficulty.py); each switch costs only when on
+  # (measured: python -m varjax.analysis.bench, BENCHMARKS.md).
+  c.difficulty = ml_collections.ConfigDict()
+  # Prediction depth: k-NN probes on each conv group's pooled embedding against
+  # the first depth_support_size training images, at evaluation.
+  c.difficulty.prediction_depth = False
+  c.difficulty.depth_k = 30
+  c.difficulty.depth_support_size = 5000
+  # Margin in the last embedding's space over the root of its total variance.
+  c.difficulty.normalized_margin = True
+  # Forgetting events, first epoch learned and cumulative correctness of the
+  # first forgetting_probe_size training images, recorded after every epoch.
+  c.difficulty.forgetting = False
+  c.difficulty.forgetting_probe_size = 5000
 
   # Which sources of randomness differ between models (variance study, App. D);
   # a source not listed is shared by all models.

@@ -342,8 +342,13 @@ def test_report_lines(planted):
 def test_key_lists_name_every_result_by_its_shape(planted):
   _, _, r = planted
   names = (analysis.PER_MODEL_KEYS + analysis.PER_GROUP_KEYS + analysis.PER_EXAMPLE_KEYS
-           + analysis.PAIRWISE_KEYS)
-  assert sorted(names) == sorted(r) and len(set(names)) == len(names)
-  assert all(r[k].shape == (8,) for k in analysis.PER_MODEL_KEYS)
-  assert all(r[k].shape[0] == 3 for k in analysis.PER_GROUP_KEYS + analysis.PER_EXAMPLE_KEYS)
+           + analysis.PAIRWISE_KEYS + analysis.PER_MODEL_EXAMPLE_KEYS)
+  assert len(set(names)) == len(names) and set(analysis.OPTIONAL_KEYS) <= set(names)
+  # Without the difficulty switches of init, exactly the non-optional keys.
+  assert sorted(k for k in names if k not in analysis.OPTIONAL_KEYS) == sorted(r)
+  present = lambda keys: [k for k in keys if k in r]
+  assert all(r[k].shape[0] == 8 for k in present(analysis.PER_MODEL_KEYS))
+  assert all(r[k].shape[0] == 3 for k in present(analysis.PER_GROUP_KEYS
+                                                  + analysis.PER_EXAMPLE_KEYS))
   assert all(r[k].shape == (8, 8) for k in analysis.PAIRWISE_KEYS)
+  assert all(r[k].shape == (8, 301) for k in present(analysis.PER_MODEL_EXAMPLE_KEYS))

@@ -21,6 +21,9 @@ lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
 analysis.num_bootstrap analysis.alpha_trim_resamples analysis.seed
+analysis.margin_quantiles
+difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
+difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
 ensemble.conv_weight_grad ensemble.conv_grad_slice
@@ -102,6 +105,15 @@ def check(config, known_keys=KNOWN_KEYS):
            'lookahead.every_steps must be >= 1.')
   _require(c.analysis.num_bootstrap >= 1 and c.analysis.alpha_trim_resamples >= 1,
            'analysis.num_bootstrap and analysis.alpha_trim_resamples must be >= 1.')
+  q = tuple(c.analysis.margin_quantiles)
+  _require(len(q) >= 1 and all(0 <= v <= 1 for v in q) and list(q) == sorted(set(q)),
+           f'analysis.margin_quantiles must increase within [0, 1], got {q!r}.')
+  d = c.difficulty
+  _require(not d.prediction_depth or 1 <= d.depth_k <= d.depth_support_size,
+           f'difficulty.depth_k must be in [1, difficulty.depth_support_size], got '
+           f'{d.depth_k} and {d.depth_support_size}.')
+  _require(not d.forgetting or d.forgetting_probe_size >= 1,
+           f'difficulty.forgetting_probe_size must be >= 1, got {d.forgetting_probe_size}.')
   _require(c.checkpoint.every_steps >= 0 and c.checkpoint.keep >= 1,
            'checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1.')
   _require(c.log.every_steps >= 0, 'log.every_steps must be >= 0.')

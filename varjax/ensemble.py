@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from varjax import config_check
+from varjax import difficulty as difficulty_lib
 from varjax import optim
 from varjax import step as step_lib
 from varjax import sweep
@@ -247,6 +248,9 @@ class Ensemble:
         resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
         config.ensemble.conv_grad_slice)
     self.plan = step_lib.StepPlan.from_config(config, num_train)
+    # Training examples [0, num_probes) are the forgetting probes (0: off).
+    self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)
+                       if config.difficulty.forgetting else 0)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
     shard = model_sharding(self.mesh)
@@ -254,6 +258,7 @@ class Ensemble:
     self.hparams = jax.device_put(sweep.model_hparams(config, self.num_models), shard)
     self.groups = sweep.model_groups(config, self.num_models)
     self._zeros = {}
+    self._compiled = {}
     self._build()
 
   def _sharded(self, fn, num_per_model, num_shared):
@@ -296,31 +301,80 @@ class Ensemble:
       state, hparams, model_id, order = per_model
       return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
 
-    eval_logits = step_lib.make_eval_logits(model, plan.tta_level)
+    forward = step_lib.make_eval_forward(model, plan.tta_level)
+    self._eval_one = lambda per_model, images: forward(
+        step_lib.final_variables(per_model[0], plan), images)[0]
+    self._embed_one = lambda per_model, images: forward(
+        step_lib.final_variables(per_model[0], plan), images)[1]
+    difficulty = self.config.difficulty
+    self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
+    outputs = difficulty_lib.make_eval_outputs(forward, model.num_classes, model.head_scale,
+                                               self.depth_k, difficulty.normalized_margin)
+    self._outputs_one = lambda per_model, images, labels, support_labels: outputs(
+        step_lib.final_variables(per_model[0], plan), images, labels, per_model[1:],
+        support_labels)
+    # Forgetting probes: the model as it stands after an epoch, without TTA.
+    plain = step_lib.make_eval_logits(model, 0)
 
-    def eval_one(per_model, images):
+    def probe_one(per_model, images, labels):
       state, = per_model
-      return eval_logits(step_lib.final_variables(state, plan), images)
+      correct = plain(step_lib.final_variables(state, plan), images).argmax(-1) == labels
+      return difficulty_lib.update_dynamics(state['dynamics'], correct)
 
+    self._probe_one = probe_one
     # Init and orders are cheap and run once per run / epoch: always one scan.
     self._init = jax.jit(self._sharded(init_one, 2, 1))
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
     if self.chunk_loop == 'scan':
       # The state (first argument) is donated: updated in place, no second copy.
       self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
-      self._logits = jax.jit(self._sharded(eval_one, 1, 1))
     else:
       # outputs = (state, metrics); the state is read from the outputs slice.
       step_chunk = lambda per_model, *shared: step_one(
           (per_model[0][0],) + tuple(per_model[1:]), *shared)
       self._step_chunk = self._sharded_chunk(step_chunk, 3, 3)
-      logits_chunk = lambda per_model, images: eval_one(per_model[1:], images)
-      self._logits_chunk = self._sharded_chunk(logits_chunk, 1, 1)
+
+  def _per_model(self, name, fn, num_per_model, num_shared):
+    """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.
+
+    Returns run(*args) (stacked per-model arguments first, then shared ones)
+    -> fn's outputs stacked over models: one scan, or the host chunk loop.
+    """
+    if name in self._compiled:
+      return self._compiled[name]
+    if self.chunk_loop == 'scan':
+      run = jax.jit(self._sharded(fn, num_per_model, num_shared))
+    else:
+      chunk_fn = self._sharded_chunk(lambda per_model, *shared: fn(per_model[1:], *shared),
+                                     num_per_model, num_shared)
+      shapes = {}
+
+      def one_model(*args):
+        first = jax.tree.map(lambda x: x[0], args[:num_per_model])
+        return fn(tuple(first), *args[num_per_model:])
+
+      def run(*args):
+        signature = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
+        if signature not in shapes:  # trace once per input shape, not per call
+          shapes[signature] = jax.eval_shape(one_model, *args)
+        outputs = jax.tree.map(lambda s: self.zeros(s.shape, s.dtype), shapes[signature])
+        for chunk in range(self.num_chunks):
+          outputs = chunk_fn(outputs, jnp.int32(chunk), *args)
+        return outputs
+
+    self._compiled[name] = run
+    return run
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""
     kernel = jax.device_put(jnp.asarray(whiten_kernel), replicated(self.mesh))
-    return self._init(self.ids, self.hparams, kernel)
+    state = self._init(self.ids, self.hparams, kernel)
+    if self.num_probes:  # checkpointed and resumed with the rest of the state
+      num_models, num_probes = self.num_models, self.num_probes
+      records = jax.jit(lambda: jax.vmap(lambda _: difficulty_lib.init_dynamics(num_probes))(
+          jnp.arange(num_models)), out_shardings=model_sharding(self.mesh))
+      state['dynamics'] = records()
+    return state
 
   def orders(self, epoch):
     """(N, num_train) int32: each model's permutation of the training set for ``epoch``."""
@@ -351,9 +405,24 @@ class Ensemble:
 
   def logits(self, state, images):
     """(N, b, K) float32 TTA logits of every model's final weights, left on the device."""
-    if self.chunk_loop == 'scan':
-      return self._logits(state, images)
-    out = self.zeros((images.shape[0], self.model.num_classes))
-    for chunk in range(self.num_chunks):
-      out = self._logits_chunk(out, jnp.int32(chunk), state, images)
-    return out
+    return self._per_model('logits', self._eval_one, 1, 1)(state, images)
+
+  def embeddings(self, state, images):
+    """Each conv group's TTA-averaged pooled embedding: a tuple of (N, b, width)."""
+    return self._per_model('embeddings', self._embed_one, 1, 1)(state, images)
+
+  def eval_outputs(self, state, images, labels, support=(), support_labels=None):
+    """Logits and the difficulty probes the config asks for (difficulty.make_eval_outputs).
+
+    ``support``: a tuple of (N, S, width) embeddings from ``embeddings`` (with
+    ``difficulty.prediction_depth``), ``support_labels`` (S,) their labels.
+    """
+    if support_labels is None:
+      support_labels = jnp.zeros((1,), jnp.int32)  # unused without depth probes
+    run = self._per_model('eval_outputs', self._outputs_one, 1 + len(support), 3)
+    return run(state, *support, images, labels, support_labels)
+
+  def record_probes(self, state, images, labels):
+    """``state`` with each model's forgetting record updated by one epoch's probe correctness."""
+    dynamics = self._per_model('probes', self._probe_one, 1, 2)(state, images, labels)
+    return {**state, 'dynamics': dynamics}

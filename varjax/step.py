@@ -161,6 +161,8 @@ def make_train_step(model, plan):
     new_state = jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new_state, old)
     new_state['diverged_at'] = jnp.where((state['diverged_at'] < 0) & ~finite,
                                          jnp.asarray(step, jnp.int32), state['diverged_at'])
+    # Keys the step does not train (e.g. 'dynamics', updated once per epoch) pass through.
+    new_state = {**state, **new_state}
     metrics = {'loss': loss / plan.batch_size,
                'accuracy': (logits.argmax(-1) == y).mean()}
     return new_state, metrics
@@ -175,16 +177,31 @@ def final_variables(state, plan):
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
-def make_eval_logits(model, tta_level):
-  """Returns eval_logits(variables, images_u8) -> float32 (b, K) TTA logits."""
+def make_eval_forward(model, tta_level):
+  """Returns forward(variables, images_u8) -> (logits (b, K), embeddings).
 
-  def eval_logits(variables, images_u8):
+  ``embeddings`` holds each conv group's pooled embedding (b, width), averaged
+  over the TTA views with the logits' weights; the head is linear without bias,
+  so the TTA logits are exactly the head applied to the last embedding.
+  """
+
+  def forward(variables, images_u8):
     x = augment.normalize(images_u8, model.dtype)
     weights, views = zip(*augment.tta_views(x, tta_level))
+    weights = jnp.asarray(weights, jnp.float32)
     # One forward over all views: bigger ops run faster than six small ones.
-    logits = model.apply(variables, jnp.concatenate(views), train=False)
-    logits = logits.reshape(len(views), x.shape[0], -1)
-    return jnp.tensordot(jnp.asarray(weights, jnp.float32), logits, axes=1)
+    logits, sown = model.apply(variables, jnp.concatenate(views), train=False,
+                               mutable=['intermediates'])
+    per_view = lambda a: a.astype(jnp.float32).reshape((len(views), x.shape[0]) + a.shape[1:])
+    average = lambda a: jnp.tensordot(weights, per_view(a), axes=1)
+    sown = sown['intermediates']
+    embeddings = tuple(average(sown[f'embedding{i + 1}'][0]) for i in range(len(model.widths)))
+    return average(logits), embeddings
 
-  return eval_logits
+  return forward
 
+
+def make_eval_logits(model, tta_level):
+  """Returns eval_logits(variables, images_u8) -> float32 (b, K) TTA logits."""
+  forward = make_eval_forward(model, tta_level)
+  return lambda variables, images_u8: forward(variables, images_u8)[0]

@@ -34,8 +34,20 @@ from varjax.models import airbench
 SUMMARY_FILE = 'summary.json'
 PER_EXAMPLE_FILE = 'per_example.npz'
 CONFIG_FILE = 'config.json'
-# Large arrays: per example (G, n[, K]) and per pair of models (N, N).
-PER_EXAMPLE_KEYS = analysis.PER_EXAMPLE_KEYS + analysis.PAIRWISE_KEYS
+# Large arrays: per example (G, n[, K]), per pair of models (N, N), per model and
+# example (N, n).
+PER_EXAMPLE_KEYS = (analysis.PER_EXAMPLE_KEYS + analysis.PAIRWISE_KEYS
+                    + analysis.PER_MODEL_EXAMPLE_KEYS)
+# Forgetting records (N, P) and their aggregates (G, P) -> per_example.npz names.
+DYNAMICS_ARRAYS = {'correct': 'probe_correct', 'forgetting_events': 'forgetting_events',
+                   'first_learned': 'first_learned_epoch',
+                   'cumulative_correct': 'cumulative_correct',
+                   'forgetting_mean': 'forgetting_mean', 'never_learned': 'never_learned',
+                   'first_learned_mean': 'first_learned_mean',
+                   'cumulative_accuracy': 'cumulative_accuracy',
+                   'probe_accuracy': 'probe_accuracy', 'probe_labels': 'probe_labels'}
+DYNAMICS_PER_MODEL = ('mean_forgetting_events', 'never_learned_fraction',
+                      'unforgettable_fraction')
 
 
 class WorkdirError(RuntimeError):
@@ -86,13 +98,15 @@ def host_gatherer(mesh):
 
 
 def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
-                   diverged=None):
+                   diverged=None, support=(), support_labels=None):
   """Returns evaluate(state, images, labels) -> analysis results (host NumPy).
 
-  Test images and labels live on the device; each batch's TTA logits stay
-  there and go straight into the analysis accumulators (replicated over the
-  mesh; only the final results are gathered). ``diverged`` (N,) marks models
-  (>= 0) that join no group statistic.
+  Test images and labels live on the device; each batch's TTA logits (and the
+  difficulty probes the config asks for) stay there and go straight into the
+  analysis accumulators (replicated over the mesh; only the final results are
+  gathered). ``diverged`` (N,) marks models (>= 0) that join no group
+  statistic. ``support``, ``support_labels``: the prediction-depth support set
+  (``support_embeddings``).
   """
 
   def take(images, labels, start, size):
@@ -111,14 +125,32 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
                           num_groups=int(ens.groups.max()) + 1,
                           num_bootstrap=analysis_config.num_bootstrap,
                           alpha_trim_resamples=analysis_config.alpha_trim_resamples,
-                          seed=analysis_config.seed)
+                          seed=analysis_config.seed,
+                          margin_quantiles=tuple(analysis_config.margin_quantiles),
+                          prediction_depth=ens.depth_k is not None,
+                          feature_dim=(ens.model.widths[-1]
+                                       if ens.config.difficulty.normalized_margin else None))
     stats = jax.device_put(stats, replicated)
     for start in range(0, num_examples, batch_size):
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
-      stats = update(stats, ens.logits(state, x), y, ids)
+      outputs = ens.eval_outputs(state, x, y, support, support_labels)
+      logits = outputs.pop('logits')
+      stats = update(stats, logits, y, ids, outputs)
     return jax.tree.map(np.asarray, finalize(stats))
 
   return evaluate
+
+
+def support_embeddings(ens, state, images, batch_size):
+  """Each conv group's embeddings (N, S, width) of the support images, batch by batch."""
+  parts = [ens.embeddings(state, images[start:start + batch_size])
+           for start in range(0, images.shape[0], batch_size)]
+  return tuple(jnp.concatenate(layer, axis=1) for layer in zip(*parts))
+
+
+def group_membership(groups, num_groups):
+  """(N, G) float one-hot rows; a model in group -1 (diverged) gets a zero row."""
+  return np.eye(num_groups + 1, dtype=np.float32)[np.asarray(groups)][:, :num_groups]
 
 
 def train_and_evaluate(config, workdir):
@@ -148,6 +180,7 @@ def train_and_evaluate(config, workdir):
   train_images = jax.device_put(dataset.train_images, replicated)
   train_labels = jax.device_put(dataset.train_labels, replicated)
   state = ens.init(airbench.whitening_kernel_for(dataset.train_images, config.model))
+  probe_images, probe_labels = train_images[:ens.num_probes], train_labels[:ens.num_probes]
 
   zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
@@ -167,6 +200,8 @@ def train_and_evaluate(config, workdir):
         continue
       state, metrics = ens.train_step(state, orders, train_images, train_labels, step)
       totals = jax.tree.map(jnp.add, totals, metrics)
+      if ens.num_probes and step == steps[-1]:  # before the epoch's checkpoint
+        state = ens.record_probes(state, probe_images, probe_labels)
       if config.log.every_steps and (step + 1) % config.log.every_steps == 0:
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
                                                for k, v in to_host(metrics).items()})
@@ -189,8 +224,21 @@ def train_and_evaluate(config, workdir):
     logging.warning('model %d diverged at step %d: frozen there, excluded from its group',
                     ens.model_ids[k], diverged[k])
   start = time.perf_counter()
+  groups = np.where(diverged >= 0, -1, ens.groups)
+  num_groups = int(ens.groups.max()) + 1
+  dynamics = None
+  if ens.num_probes:
+    stats = jax.jit(analysis.dynamics_stats, out_shardings=replicated)(
+        state['dynamics'], jnp.asarray(group_membership(groups, num_groups)))
+    dynamics = {**to_host(state['dynamics']), **jax.tree.map(np.asarray, stats),
+                'probe_labels': dataset.train_labels[:ens.num_probes]}
+  support, support_labels = (), None
+  if ens.depth_k:
+    size = min(config.difficulty.depth_support_size, num_train)
+    support = support_embeddings(ens, state, train_images[:size], config.eval.batch_size)
+    support_labels = train_labels[:size]
   evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size,
-                            config.analysis, diverged)
+                            config.analysis, diverged, support, support_labels)
   results = evaluate(state, jax.device_put(dataset.test_images, replicated),
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
@@ -198,7 +246,8 @@ def train_and_evaluate(config, workdir):
     tfds_dir = config.data.dir if config.data.source == 'tfds' else None
     name, images, labels = data_lib.load_extra_test_set(spec, tfds_dir)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
-                                    config.eval.batch_size, config.analysis, diverged)
+                                    config.eval.batch_size, config.analysis, diverged,
+                                    support, support_labels)
     extra.append((name, labels, evaluate_extra(state, jax.device_put(images, replicated),
                                                jax.device_put(labels, replicated))))
     logging.info('%s (%d images): mean accuracy %.4f', name, len(labels),
@@ -218,7 +267,7 @@ def train_and_evaluate(config, workdir):
   summary = None
   if is_writer:
     summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels,
-                            diverged, extra)
+                            diverged, extra, dynamics)
   for line in analysis.report_lines(results, sweep.point_names(config)):
     logging.info('%s', line)
   return summary
@@ -227,24 +276,26 @@ def train_and_evaluate(config, workdir):
 def _model_metrics(results, k):
   return {'test_accuracy': float(results['accuracy'][k]),
           **{name: _json_value(results[name][k]) for name in analysis.PER_MODEL_KEYS
-             if name != 'accuracy'}}
+             if name != 'accuracy' and name in results}}
 
 
 def _group_rows(ens, results):
   points = sweep.grid_points(ens.config)  # config units, one per group
   names, values = sweep.point_names(ens.config), sweep.swept_values(ens.config)
   return [{'group': g, 'name': names[g], 'values': values[g], **points[g],
-           **{k: _json_value(results[k][g]) for k in analysis.PER_GROUP_KEYS}}
+           **{k: _json_value(results[k][g]) for k in analysis.PER_GROUP_KEYS if k in results}}
           for g in range(int(ens.groups.max()) + 1)]
 
 
 def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged,
-                  extra_test_sets=()):
+                  extra_test_sets=(), dynamics=None):
   """Writes summary.json and per_example.npz; returns the summary dict.
 
   ``diverged``: (N,) step at which each model diverged, -1 if it did not.
   ``extra_test_sets``: (name, labels, results) of further evaluation sets; each
   gets the same per-model and per-group results under ``extra_test_sets``.
+  ``dynamics``: the forgetting records and ``analysis.dynamics_stats`` (host
+  arrays), or None when ``difficulty.forgetting`` is off.
   """
   points = sweep.grid_points(ens.config)
   models = []
@@ -256,6 +307,8 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
              'train_accuracy': _json_value(train_metrics['accuracy'][k])}
     entry.update(points[int(ens.groups[k])])
     entry.update(_model_metrics(results, k))
+    if dynamics is not None:
+      entry.update({name: _json_value(dynamics[name][k]) for name in DYNAMICS_PER_MODEL})
     models.append(entry)
   extra = [{'name': name, 'num_test': len(labels),
             'models': [{'id': int(ens.model_ids[k]), 'group': int(ens.groups[k]),
@@ -265,12 +318,29 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
              'diverged': [{'id': int(ens.model_ids[k]), 'step': int(diverged[k])}
                           for k in np.flatnonzero(diverged >= 0)],
              'models': models, 'groups': _group_rows(ens, results),
-             'extra_test_sets': extra}
+             'extra_test_sets': extra,
+             'margin_quantile_levels': list(ens.config.analysis.margin_quantiles)}
+  if dynamics is not None:
+    summary['forgetting'] = {
+        'probes': f"training images [0, {ens.num_probes})", 'num_probes': ens.num_probes,
+        'epochs_recorded': int(dynamics['epochs'].max()),
+        'groups': [{'group': g, 'mean_forgetting_events': _json_value(
+                        dynamics['forgetting_mean'][g].mean()),
+                    'never_learned': _json_value(dynamics['never_learned'][g].mean()),
+                    'forgetting_accuracy_corr': _json_value(
+                        dynamics['forgetting_accuracy_corr'][g])}
+                   for g in range(len(summary['groups']))]}
   write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
-  arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS}
+  arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS if k in results}
+  if 'prediction_depth' in arrays:
+    arrays['prediction_depth'] = arrays['prediction_depth'].astype(np.int8)
+  if dynamics is not None:
+    arrays.update({out: np.asarray(dynamics[k]) for k, out in DYNAMICS_ARRAYS.items()})
+
   for name, labels, r in extra_test_sets:
     arrays[f'{name}/labels'] = np.asarray(labels)
-    arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS})
+    arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS
+                   if k in r})
   np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
                       groups=np.asarray(ens.groups), **arrays)
   return summary

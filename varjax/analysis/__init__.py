@@ -12,13 +12,17 @@ Example:
 
 from varjax.analysis.accumulate import init
 from varjax.analysis.accumulate import update
+from varjax.analysis.core import OPTIONAL_KEYS
 from varjax.analysis.core import PAIRWISE_KEYS
 from varjax.analysis.core import PER_EXAMPLE_KEYS
 from varjax.analysis.core import PER_GROUP_KEYS
+from varjax.analysis.core import PER_MODEL_EXAMPLE_KEYS
 from varjax.analysis.core import PER_MODEL_KEYS
 from varjax.analysis.core import analyze
 from varjax.analysis.core import finalize
+from varjax.analysis.difficulty import dynamics_stats
 from varjax.analysis.report import report_lines
 
-__all__ = ['init', 'update', 'finalize', 'analyze', 'report_lines', 'PER_MODEL_KEYS',
-           'PER_GROUP_KEYS', 'PER_EXAMPLE_KEYS', 'PAIRWISE_KEYS']
+__all__ = ['init', 'update', 'finalize', 'analyze', 'dynamics_stats', 'report_lines', 'PER_MODEL_KEYS',
+           'PER_GROUP_KEYS', 'PER_EXAMPLE_KEYS', 'PAIRWISE_KEYS', 'PER_MODEL_EXAMPLE_KEYS',
+           'OPTIONAL_KEYS']

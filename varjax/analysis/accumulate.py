@@ -21,7 +21,9 @@ DEFAULT_ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(10))
 
 
 def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
-         num_bootstrap=1000, alpha_trim_resamples=100, alpha_grid=None, seed=0):
+         num_bootstrap=1000, alpha_trim_resamples=100, alpha_grid=None, seed=0,
+         margin_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), prediction_depth=False,
+         feature_dim=None):
   """Empty accumulators for ``num_models`` models on ``num_examples`` examples.
 
   Args:
@@ -38,6 +40,11 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       CPU cores).
     alpha_grid: increasing trimming levels in [0, 0.5); default 0, 0.05, ..., 0.45.
     seed: seeds both bootstraps.
+    margin_quantiles: levels of the per-model margin quantiles.
+    prediction_depth: accumulate per-model prediction depths (``update``'s
+      ``extras['depth']``).
+    feature_dim: D of the last embedding, to accumulate normalized margins
+      (``extras['feature_margin']`` and ``extras['features']``); None: off.
 
   Returns:
     A dict of device arrays (see ``update``).
@@ -60,7 +67,16 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
     raise ValueError(f'num_bootstrap and alpha_trim_resamples must be >= 1, got '
                      f'{num_bootstrap}, {alpha_trim_resamples}')
   i32, f32 = jnp.int32, jnp.float32
+  optional = {}
+  if prediction_depth:
+    optional['depth'] = jnp.zeros((num_models, n), i32)
+  if feature_dim:
+    optional.update(feature_margin=jnp.zeros((num_models, n), f32),
+                    feature_sum=jnp.zeros((num_models, feature_dim), f32),
+                    feature_sq=jnp.zeros((num_models,), f32))
   return {
+      **optional,
+      'margin_quantile_levels': jnp.asarray(margin_quantiles, f32),
       'member': jnp.asarray(np.eye(num_groups + 1, dtype=np.float32)[groups][:, :num_groups]),
       'labels': jnp.zeros((n,), i32),
       'correct': jnp.zeros((num_models,), i32),
@@ -98,8 +114,11 @@ def true_class_margin(logits, labels):
 
 
 @jax.jit
-def update(state, logits, labels, example_ids):
+def update(state, logits, labels, example_ids, extras=None):
   """Folds one batch of logits (N, b, K) into the accumulators.
+
+  ``extras``: the difficulty probes of the batch that ``init`` asked for:
+  ``depth`` (N, b), ``feature_margin`` (N, b), ``features`` (N, b, D).
 
   Every example id must be seen exactly once over the whole stream; batches may
   come in any order and size.
@@ -140,4 +159,14 @@ def update(state, logits, labels, example_ids):
   new['group_correct'] = state['group_correct'].at[:, ids].add(_count(member.T @ correct))
   new['prob_sum'] = state['prob_sum'].at[:, ids].add(
       jnp.einsum('ng,nbk->gbk', member, probs, precision=hi))
+  extras = extras or {}
+  for name in ('depth', 'feature_margin'):
+    if name in state:
+      if name not in extras:
+        raise ValueError(f'The analysis state accumulates {name!r}; pass it in update(extras=).')
+      new[name] = state[name].at[:, ids].set(extras[name].astype(state[name].dtype))
+  if 'feature_sum' in state:
+    features = extras['features'].astype(jnp.float32)
+    new['feature_sum'] = state['feature_sum'] + features.sum(1)
+    new['feature_sq'] = state['feature_sq'] + jnp.sum(features * features, axis=(1, 2))
   return new

@@ -13,19 +13,29 @@ import jax.numpy as jnp
 from varjax.analysis import accumulate
 from varjax.analysis import agreement
 from varjax.analysis import calibration
+from varjax.analysis import difficulty
 from varjax.analysis import trimming
 from varjax.analysis import variance
 
 # The shapes of finalize's results, by name (shapes alone are ambiguous when N = G).
 PER_MODEL_KEYS = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median',
-                  'alpha_trim')
+                  'alpha_trim', 'margin_quantiles', 'normalized_margin_quantiles', 'mean_depth')
 PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
                   'independent_std', 'independence_ratio', 'distribution_var',
                   'distribution_std', 'split_half_corr', 'mean_disagreement', 'mean_error',
                   'cace', 'error_consistency', 'mean_churn', 'ensemble_accuracy_vote',
-                  'ensemble_accuracy_softmax')
-PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts')
+                  'ensemble_accuracy_softmax', 'margin_quantile_accuracy_corr',
+                  'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
+                  'depth_accuracy_corr')
+PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std')
 PAIRWISE_KEYS = ('churn', 'error_kappa')
+# Per model and example (N, n).
+PER_MODEL_EXAMPLE_KEYS = ('margin', 'normalized_margin', 'prediction_depth')
+# Present only when the analysis state accumulates them (init's switches).
+OPTIONAL_KEYS = ('normalized_margin_quantiles', 'mean_depth',
+                 'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
+                 'depth_accuracy_corr', 'depth_mean', 'depth_std', 'normalized_margin',
+                 'prediction_depth')
 
 
 def finalize(state):
@@ -40,6 +50,13 @@ def finalize(state):
   ``ensemble_accuracy_softmax``; per group and example ``example_accuracy`` (G, n)
   and ``vote_counts`` (G, n, K); pairwise (N, N) ``churn`` and ``error_kappa``.
   Statistics that need two models are NaN for smaller groups.
+
+  Example difficulty (analysis/difficulty.py): per model ``margin_quantiles``
+  (N, Q) and per group ``margin_quantile_accuracy_corr`` (G, Q); per model and
+  example ``margin`` (N, n). With the optional accumulators: the same for
+  ``normalized_margin``; ``prediction_depth`` (N, n), ``mean_depth`` (N,),
+  ``depth_mean`` / ``depth_std`` (G, n), ``mean_prediction_depth`` and
+  ``depth_accuracy_corr`` (G,).
 
   Example:
     >>> results = jax.jit(finalize)(state)   # doctest: +SKIP
@@ -76,8 +93,20 @@ def finalize(state):
       'ensemble_accuracy_vote': vote_acc,
       'ensemble_accuracy_softmax': softmax_acc,
       'vote_counts': state['votes'],
+      'margin': state['margin'],
       **pair,
   }
+  normalized = None
+  if 'feature_margin' in state:
+    normalized = difficulty.normalized_margin(state['feature_margin'], state['feature_sum'],
+                                              state['feature_sq'], n)
+    results['normalized_margin'] = normalized
+  results.update(difficulty.margin_stats(state['margin'], acc, member,
+                                         state['margin_quantile_levels'], normalized))
+  if 'depth' in state:
+    results['prediction_depth'] = state['depth']
+    results.update(difficulty.depth_stats(state['depth'], member,
+                                          results['example_accuracy']))
   return results
 
 

@@ -1,0 +1,151 @@
+"""Example difficulty across the ensemble: margins, prediction depth, forgetting.
+
+Aggregates the per-model probes of varjax/difficulty.py over models, on the
+device. ``member`` is the (N, G) one-hot group membership of the analysis
+state (a diverged model's row is zero, so it joins no group statistic).
+
+Example:
+  >>> r = margin_stats(margin, accuracy, member, jnp.array([0.1, 0.5, 0.9]))  # doctest: +SKIP
+  >>> r['margin_quantile_accuracy_corr']   # (G, 3): Pearson r across models  # doctest: +SKIP
+"""
+
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def group_correlation(x, y, member):
+  """Pearson r of x and y (N,) across each group's models, shape (G,).
+
+  NaN for groups of fewer than 3 models or without spread in x or y.
+
+  Example:
+    >>> group_correlation(jnp.arange(4.), jnp.arange(4.) ** 2, jnp.ones((4, 1)))  # doctest: +SKIP
+    Array([0.95...], dtype=float32)
+  """
+  size = member.sum(0)
+  safe = jnp.maximum(size, 1)
+  dx = x[:, None] - (member.T @ x / safe)[None]
+  dy = y[:, None] - (member.T @ y / safe)[None]
+  cov, vx, vy = ((member * a * b).sum(0) for a, b in ((dx, dy), (dx, dx), (dy, dy)))
+  ok = (size >= 3) & (vx > 0) & (vy > 0)
+  return jnp.where(ok, cov / jnp.sqrt(jnp.where(ok, vx * vy, 1)), jnp.nan)
+
+
+def row_correlation(x, y):
+  """Pearson r of each row pair of x and y (G, n) across examples, shape (G,).
+
+  NaN for rows without spread.
+  """
+  dx = x - x.mean(-1, keepdims=True)
+  dy = y - y.mean(-1, keepdims=True)
+  vx, vy = (dx * dx).sum(-1), (dy * dy).sum(-1)
+  ok = (vx > 0) & (vy > 0)
+  return jnp.where(ok, (dx * dy).sum(-1) / jnp.sqrt(jnp.where(ok, vx * vy, 1)), jnp.nan)
+
+
+def group_mean_std(values, member):
+  """Mean and std (ddof 1) over each group's models of per-model rows (N, n) -> (G, n) each.
+
+  The std is NaN for groups of fewer than 2 models.
+  """
+  size = member.sum(0)[:, None]
+  values = values.astype(jnp.float32)
+  total = jnp.matmul(member.T, values, precision=HIGHEST)
+  squares = jnp.matmul(member.T, values * values, precision=HIGHEST)
+  mean = total / jnp.maximum(size, 1)
+  var = (squares - size * mean * mean) / jnp.maximum(size - 1, 1)
+  return (jnp.where(size >= 1, mean, jnp.nan),
+          jnp.where(size >= 2, jnp.sqrt(jnp.maximum(var, 0)), jnp.nan))
+
+
+def margin_stats(margin, accuracy, member, levels, normalized=None):
+  """Per-model margin quantiles and their correlation with test accuracy across models.
+
+  Args:
+    margin: (N, n) true-class logit margins.
+    accuracy: (N,) test accuracy.
+    member: (N, G) group membership.
+    levels: (Q,) quantile levels in [0, 1] (linear interpolation, as np.quantile).
+    normalized: optional (N, n) normalized margins, treated the same way.
+
+  Returns:
+    ``margin_quantiles`` (N, Q), ``margin_quantile_accuracy_corr`` (G, Q), and
+    with ``normalized`` the same under ``normalized_margin_quantiles`` and
+    ``normalized_margin_quantile_accuracy_corr``.
+  """
+  out = {}
+  for name, values in (('margin', margin), ('normalized_margin', normalized)):
+    if values is None:
+      continue
+    quantiles = jnp.quantile(values, levels, axis=1).T                  # (N, Q)
+    out[f'{name}_quantiles'] = quantiles
+    out[f'{name}_quantile_accuracy_corr'] = jax.vmap(
+        lambda q: group_correlation(q, accuracy, member), out_axes=1)(quantiles.T)
+  return out
+
+
+def normalized_margin(feature_margin, feature_sum, feature_sq, num_examples):
+  """Feature-space margins (N, n) over the root total variance of each model's features.
+
+  ``feature_sum`` (N, D) and ``feature_sq`` (N,) are the sums over the test set
+  of the features and of their squared norms.
+  """
+  mean = feature_sum / num_examples
+  total_variance = feature_sq / num_examples - jnp.sum(mean * mean, -1)
+  return feature_margin / jnp.sqrt(jnp.maximum(total_variance, 1e-30))[:, None]
+
+
+def depth_stats(depth, member, example_accuracy):
+  """Prediction-depth summaries from per-model depths (N, n).
+
+  Returns ``mean_depth`` (N,) per model; ``depth_mean`` and ``depth_std`` (G, n)
+  per example over each group's models; per group ``mean_prediction_depth`` and
+  ``depth_accuracy_corr`` (Pearson r across examples of the mean depth with
+  the example accuracy p_i; negative when deep examples are the hard ones).
+  """
+  depth_mean, depth_std = group_mean_std(depth, member)
+  return {'mean_depth': depth.astype(jnp.float32).mean(1),
+          'depth_mean': depth_mean, 'depth_std': depth_std,
+          'mean_prediction_depth': depth_mean.mean(1),
+          'depth_accuracy_corr': row_correlation(depth_mean, example_accuracy)}
+
+
+def dynamics_stats(dynamics, member):
+  """Forgetting and learning-speed summaries from the stacked records (N, P) of training.
+
+  Returns per model ``mean_forgetting_events``, ``never_learned_fraction``,
+  ``unforgettable_fraction`` (learned and never forgotten) (N,); per group and
+  probe example (G, P) ``forgetting_mean``, ``never_learned``, ``first_learned_mean``
+  (over the models that learned it; NaN if none did), ``cumulative_accuracy``
+  (fraction of epochs correct: a learning-speed proxy of the C-score) and
+  ``probe_accuracy`` (p_i after the last epoch); per group
+  ``forgetting_accuracy_corr`` (G,), Pearson r across probes of
+  ``forgetting_mean`` with ``probe_accuracy``.
+
+  Example:
+    >>> stats = jax.jit(dynamics_stats)(state['dynamics'], member)   # doctest: +SKIP
+  """
+  events = dynamics['forgetting_events'].astype(jnp.float32)
+  learned = (dynamics['first_learned'] >= 0).astype(jnp.float32)
+  epochs = jnp.maximum(dynamics['epochs'], 1).astype(jnp.float32)[:, None]
+  size = member.sum(0)[:, None]
+  mean = lambda v: jnp.matmul(member.T, v, precision=HIGHEST) / jnp.maximum(size, 1)
+  learned_count = jnp.matmul(member.T, learned, precision=HIGHEST)
+  first_total = jnp.matmul(member.T, jnp.where(learned > 0, dynamics['first_learned'], 0)
+                           .astype(jnp.float32), precision=HIGHEST)
+  forgetting_mean = mean(events)
+  probe_accuracy = mean(dynamics['correct'].astype(jnp.float32))
+  return {
+      'mean_forgetting_events': events.mean(1),
+      'never_learned_fraction': (1 - learned).mean(1),
+      'unforgettable_fraction': (learned * (events == 0)).mean(1),
+      'forgetting_mean': forgetting_mean,
+      'never_learned': mean(1 - learned),
+      'first_learned_mean': jnp.where(learned_count > 0,
+                                      first_total / jnp.maximum(learned_count, 1), jnp.nan),
+      'cumulative_accuracy': mean(dynamics['cumulative_correct'] / epochs),
+      'probe_accuracy': probe_accuracy,
+      'forgetting_accuracy_corr': row_correlation(forgetting_mean, probe_accuracy),
+  }
