@@ -140,5 +140,6 @@ def test_eval_outputs_of_a_tiny_model_match_numpy():
   probes = np.stack([numpy_knn(q, s, support_labels, 5, 10) for q, s in zip(query_np, support_np)],
                     axis=-1)
   np.testing.assert_array_equal(out['depth'], numpy_depth(probes, logits.argmax(-1)))
-  np.testing.assert_allclose(out['features'], query_np[-1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['feature_sum'], query_np[-1].sum(0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['feature_sq'], (query_np[-1] ** 2).sum(), rtol=1e-5)
   assert out['feature_margin'].shape == (10,)

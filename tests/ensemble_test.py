@@ -13,10 +13,19 @@ from conftest import random_images, tiny_config
 NUM_TRAIN = 64
 
 
+DIFFICULTY = {'difficulty.prediction_depth': True, 'difficulty.depth_k': 3,
+              'difficulty.forgetting': True, 'difficulty.forgetting_probe_size': 16}
+
+
 def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overrides):
-  """Trains a tiny ensemble on random data; returns per-model final variables and logits."""
+  """Trains a tiny ensemble on random data with every difficulty probe on.
+
+  Returns per-model final variables and evaluation outputs (logits, depth,
+  feature margins and the forgetting records), all host arrays.
+  """
   config = tiny_config(num_models=num_models, first_model_id=first_model_id,
-                       **{'ensemble.models_per_chunk': models_per_chunk}, **overrides)
+                       **{'ensemble.models_per_chunk': models_per_chunk}, **DIFFICULTY,
+                       **overrides)
   mesh = ensemble.make_mesh(jax.devices()[:num_devices])
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh)
   images, labels = random_images(NUM_TRAIN)
@@ -26,9 +35,14 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
     orders = ens.orders(epoch)
     for s in steps:
       state, _ = ens.train_step(state, orders, images, labels, s)
-  logits = ens.logits(state, jax.numpy.asarray(images[:8]))
+    state = ens.record_probes(state, images[:16], labels[:16])
+  support = ens.embeddings(state, jax.numpy.asarray(images[8:24]))
+  outputs = ens.eval_outputs(state, jax.numpy.asarray(images[:8]), labels[:8], support,
+                             labels[8:24])
+  np.testing.assert_array_equal(outputs['logits'], ens.logits(state, images[:8]))
+  outputs['dynamics'] = state['dynamics']
   final = step_lib.final_variables(state, ens.plan)
-  return jax.tree.map(np.asarray, final), np.asarray(logits)
+  return jax.tree.map(np.asarray, final), jax.tree.map(np.asarray, outputs)
 
 
 @pytest.fixture(scope='module')
@@ -42,27 +56,39 @@ def assert_models_equal(a, b, a_index, b_index):
 
 
 def test_models_of_a_larger_ensemble_equal_a_smaller_one(four_models):
-  variables4, logits4 = four_models
-  variables2, logits2 = run(2, first_model_id=2, models_per_chunk=1)
+  variables4, outputs4 = four_models
+  variables2, outputs2 = run(2, first_model_id=2, models_per_chunk=1)
   assert_models_equal(variables4, variables2, slice(2, 4), slice(0, 2))
-  np.testing.assert_array_equal(logits4[2:], logits2)
+  assert_models_equal(outputs4, outputs2, slice(2, 4), slice(0, 2))
 
 
 def test_sharding_over_devices_does_not_change_models(four_models):
-  variables4, logits4 = four_models
-  variables_sharded, logits_sharded = run(4, models_per_chunk=1, num_devices=4)
+  variables4, outputs4 = four_models
+  variables_sharded, outputs_sharded = run(4, models_per_chunk=1, num_devices=4)
   assert_models_equal(variables4, variables_sharded, slice(None), slice(None))
-  np.testing.assert_array_equal(logits4, logits_sharded)
+  assert_models_equal(outputs4, outputs_sharded, slice(None), slice(None))
+
+
+def test_scan_chunk_loop_computes_the_same_probes(four_models):
+  _, outputs4 = four_models
+  _, scanned = run(4, models_per_chunk=2, **{'ensemble.chunk_loop': 'scan'})
+  np.testing.assert_allclose(scanned['logits'], outputs4['logits'], rtol=1e-4, atol=1e-5)
+  for key in ('depth', 'dynamics'):
+    for x, y in zip(jax.tree.leaves(scanned[key]), jax.tree.leaves(outputs4[key])):
+      np.testing.assert_array_equal(x, y)
 
 
 def test_models_differ_when_every_source_varies(four_models):
-  _, logits = four_models
-  assert not np.allclose(logits[0], logits[1])
+  _, outputs = four_models
+  assert not np.allclose(outputs['logits'][0], outputs['logits'][1])
+  assert int(outputs['dynamics']['epochs'][0]) == 2  # 1.5 epochs: two records
+  assert outputs['depth'].min() >= 0 and outputs['depth'].max() <= 3
 
 
 def test_shared_sources_make_models_identical():
-  _, logits = run(2, models_per_chunk=2, **{'randomness.vary': ()})
-  np.testing.assert_array_equal(logits[0], logits[1])
+  _, outputs = run(2, models_per_chunk=2, **{'randomness.vary': ()})
+  for x in jax.tree.leaves(outputs):
+    np.testing.assert_array_equal(x[0], x[1])
 
 
 def test_num_models_must_divide_over_devices():

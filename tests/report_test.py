@@ -38,8 +38,10 @@ def test_lr_sweep_summary_has_groups_and_values(lr_sweep_run):
 def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
   paths = report.write_report(str(lr_sweep_run))
   names = sorted(p.rsplit('/', 1)[1] for p in paths)
-  assert names == sorted(['report.md', 'report.csv', *report.PLOTS])
-  for name in report.PLOTS:
+  # Margin quantiles are always measured; depth and forgetting were not asked for.
+  plots = [*report.PLOTS, 'margin_quantiles_vs_accuracy.png']
+  assert names == sorted(['report.md', 'report.csv', *plots])
+  for name in plots:
     assert (lr_sweep_run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   rows = list(csv.DictReader((lr_sweep_run / 'report.csv').open()))
   summary = json.loads((lr_sweep_run / 'summary.json').read_text())
@@ -48,7 +50,9 @@ def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
     assert float(row['mean_accuracy']) == g['mean_accuracy']
   md = (lr_sweep_run / 'report.md').read_text().splitlines()
   table = [l for l in md if l.startswith('| ')]
-  assert len(table) == 4 and 'lr_multiplier' in table[0]  # header, rule, 2 groups and 'dist. std' in table[0]
+  # Variance table and difficulty table: header, rule, 2 groups each.
+  assert len(table) == 8 and 'lr_multiplier' in table[0] and 'dist. std' in table[0]
+  assert 'r(median margin, acc)' in table[4] and table[6].endswith('| n/a | n/a | n/a | n/a |')
 
 
 def fake_summary(groups):

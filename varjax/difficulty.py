@@ -138,7 +138,9 @@ def make_eval_outputs(forward, num_classes, head_scale, depth_k=None, feature_ma
   ``forward`` is ``step.make_eval_forward(model, tta_level)``. The dict holds
   ``logits`` (b, K); with ``depth_k``, ``depth`` (b,) from k-NN probes against
   ``support`` (a tuple of (S, D_l) embeddings, one per conv group); with
-  ``feature_margins``, ``feature_margin`` (b,) and ``features`` (b, D).
+  ``feature_margins``, ``feature_margin`` (b,) and the batch's sums of the
+  last embedding, ``feature_sum`` (D,), and of its squared norm, ``feature_sq``
+  (for the total variance; summed per model so no result depends on N).
   """
 
   def eval_outputs(variables, images, labels, support=(), support_labels=None):
@@ -149,7 +151,9 @@ def make_eval_outputs(forward, num_classes, head_scale, depth_k=None, feature_ma
                           for e, s in zip(embeddings, support)], axis=-1)
       out['depth'] = prediction_depth(probes, jnp.argmax(logits, -1))
     if feature_margins:
-      out['features'] = embeddings[-1]
+      features = embeddings[-1]
+      out['feature_sum'] = features.sum(0)
+      out['feature_sq'] = jnp.sum(features * features)
       out['feature_margin'] = feature_margin(embeddings[-1], variables['params']['head'],
                                              head_scale, labels)
     return out

@@ -11,7 +11,13 @@ Reads DIR/summary.json (and per_example.npz when present) and writes
                                  (log x when it spans a factor > 4), 95% CI band;
   observed_vs_independent.png    observed std vs the std independent errors predict;
   accuracy_histograms.png        per-model accuracies, one panel per group;
-  example_accuracy_histograms.png  per-example accuracy p_i, one panel per group.
+  example_accuracy_histograms.png  per-example accuracy p_i, one panel per group;
+and, when the run measured them (config.difficulty):
+  margin_quantiles_vs_accuracy.png  each model's margin quantiles (raw and
+                                 normalized) against its test accuracy;
+  depth_vs_example_accuracy.png  mean prediction depth of each test example vs p_i;
+  forgetting_vs_example_accuracy.png  mean forgetting events of each probe
+                                 training example vs its final accuracy p_i.
 """
 
 import csv
@@ -44,6 +50,8 @@ AXIS_LABELS = {'lr': 'learning rate (decoupled units, per 1024 examples)',
                'epochs': 'training epochs'}
 PLOTS = ('std_vs_swept.png', 'observed_vs_independent.png', 'accuracy_histograms.png',
          'example_accuracy_histograms.png')
+DIFFICULTY_PLOTS = ('margin_quantiles_vs_accuracy.png', 'depth_vs_example_accuracy.png',
+                    'forgetting_vs_example_accuracy.png')
 
 
 def load_summary(workdir):
@@ -86,7 +94,7 @@ def table_rows(summary, groups=None):
   return header, rows
 
 
-def write_markdown(summary, path):
+def write_markdown(summary, path, per_example=None):
   header, rows = table_rows(summary)
   lines = [f"# {summary.get('name', 'varjax')} ({summary.get('variant', '')}): "
            f"{summary['num_models']} models, {summary['num_test']} test images "
@@ -102,9 +110,55 @@ def write_markdown(summary, path):
     lines += [f"## Distribution shift: {extra['name']} ({extra['num_test']} images)", '',
               '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows] + ['']
-  lines += [f'![{name}]({name})' for name in PLOTS]
+  lines += difficulty_lines(summary)
+  plots = list(PLOTS if per_example is not None else PLOTS[:3])
+  lines += [f'![{name}]({name})' for name in plots + difficulty_plots(summary, per_example)]
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+def difficulty_lines(summary):
+  """Markdown table of the example-difficulty correlations per group ([] if none)."""
+  groups = summary['groups']
+  if 'margin_quantile_accuracy_corr' not in groups[0]:
+    return []
+  levels = summary.get('margin_quantile_levels', [])
+  median = levels.index(0.5) if 0.5 in levels else len(levels) // 2
+  forgetting = {g['group']: g for g in summary.get('forgetting', {}).get('groups', [])}
+  header = ['group', 'r(median margin, acc)', 'r(median norm. margin, acc)', 'mean depth',
+            'r(depth, p_i)', 'forgetting events', 'r(forgetting, p_i)']
+  lines = ['## Example difficulty', '', '| ' + ' | '.join(header) + ' |',
+           '|' + ' --- |' * len(header)]
+  pick = lambda v: v[median] if isinstance(v, list) else None
+  for g in groups:
+    f = forgetting.get(g['group'], {})
+    row = [g.get('name', str(g['group'])),
+           _fmt(pick(g.get('margin_quantile_accuracy_corr')), '{:.2f}'),
+           _fmt(pick(g.get('normalized_margin_quantile_accuracy_corr')), '{:.2f}'),
+           _fmt(g.get('mean_prediction_depth'), '{:.2f}'),
+           _fmt(g.get('depth_accuracy_corr'), '{:.2f}'),
+           _fmt(f.get('mean_forgetting_events'), '{:.3f}'),
+           _fmt(f.get('forgetting_accuracy_corr'), '{:.2f}')]
+    lines.append('| ' + ' | '.join(row) + ' |')
+  lines += ['', 'r: Pearson correlation; of margin quantiles with test accuracy across the '
+            'group\'s models; of prediction depth (k-NN probes, 0 = decided at the first '
+            'group) and forgetting events with the example accuracy p_i across examples '
+            '(forgetting: probe training examples, p_i after the last epoch). n/a: not '
+            'measured or too few models.', '']
+  return lines
+
+
+def difficulty_plots(summary, per_example):
+  """The difficulty plots this run's data supports (``per_example``: the npz or None)."""
+  per_example = {} if per_example is None else per_example
+  plots = []
+  if 'margin_quantiles' in summary['models'][0]:
+    plots.append(DIFFICULTY_PLOTS[0])
+  if 'depth_mean' in per_example:
+    plots.append(DIFFICULTY_PLOTS[1])
+  if 'forgetting_mean' in per_example:
+    plots.append(DIFFICULTY_PLOTS[2])
+  return plots
 
 
 def write_csv(summary, path):
@@ -199,6 +253,58 @@ def plot_all(summary, per_example, workdir):
     _histograms(plt, [p[g] for g in range(len(groups))], names,
                 'per-example accuracy p_i over the group\'s models', 'test examples',
                 os.path.join(workdir, PLOTS[3]), bins=np.linspace(0, 1, 21))
+  plot_difficulty(summary, per_example, workdir, plt)
+
+
+def plot_difficulty(summary, per_example, workdir, plt):
+  groups = summary['groups']
+  names = [g.get('name', str(g['group'])) for g in groups]
+  plots = difficulty_plots(summary, per_example)
+  if DIFFICULTY_PLOTS[0] in plots:
+    levels = summary.get('margin_quantile_levels', [])
+    models = [m for m in summary['models'] if m.get('diverged_at_step') is None]
+    acc = 100 * _num([m['test_accuracy'] for m in models])
+    keys = [k for k in ('margin_quantiles', 'normalized_margin_quantiles') if k in models[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+      q = np.array([[np.nan if v is None else v for v in m[key]] for m in models], float)
+      for j, level in enumerate(levels):
+        ax.scatter(q[:, j], acc, s=10, label=f'q={level:g}')
+      ax.set_xlabel(key.replace('_', ' ') + (' (feature space / root total variance)'
+                                             if key.startswith('normalized') else ' (logits)'))
+      ax.set_ylabel('test accuracy of the model (%)')
+      ax.legend(fontsize=7)
+    fig.suptitle('Margin quantiles vs accuracy, one point per model and quantile', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, DIFFICULTY_PLOTS[0]), dpi=110)
+    plt.close(fig)
+  for plot, y_key, p_key, ylabel, xlabel in (
+      (DIFFICULTY_PLOTS[1], 'depth_mean', 'example_accuracy', 'mean prediction depth',
+       'test-example accuracy p_i over the group\'s models'),
+      (DIFFICULTY_PLOTS[2], 'forgetting_mean', 'probe_accuracy', 'mean forgetting events',
+       'probe training example: accuracy p_i after the last epoch')):
+    if plot not in plots:
+      continue
+    y, p = per_example[y_key], per_example[p_key]
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    for g, (ax, name) in enumerate(zip(axes.flat, names)):
+      ax.scatter(p[g], y[g], s=3, alpha=0.25)
+      # Binned means make the trend readable through the scatter.
+      bins = np.linspace(0, 1, 11)
+      which = np.clip(np.digitize(p[g], bins) - 1, 0, 9)
+      means = [y[g][which == b].mean() if np.any(which == b) else np.nan for b in range(10)]
+      ax.plot((bins[:-1] + bins[1:]) / 2, means, 'k.-', label='bin mean')
+      ax.set_title(name, fontsize=8)
+      ax.set_xlabel(xlabel, fontsize=7)
+      ax.set_ylabel(ylabel, fontsize=8)
+      ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+      ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, plot), dpi=110)
+    plt.close(fig)
 
 
 def _histograms(plt, values, names, xlabel, ylabel, path, bins=20):
@@ -222,10 +328,11 @@ def write_report(workdir):
   summary = load_summary(workdir)
   npz = os.path.join(workdir, 'per_example.npz')
   per_example = np.load(npz) if os.path.exists(npz) else None
-  write_markdown(summary, os.path.join(workdir, 'report.md'))
+  write_markdown(summary, os.path.join(workdir, 'report.md'), per_example)
   write_csv(summary, os.path.join(workdir, 'report.csv'))
   plot_all(summary, per_example, workdir)
   outputs = ['report.md', 'report.csv'] + list(PLOTS if per_example is not None else PLOTS[:3])
+  outputs += difficulty_plots(summary, per_example)
   return [os.path.join(workdir, name) for name in outputs]
 
 

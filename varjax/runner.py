@@ -49,9 +49,15 @@ def run_points(points, workdir, train_fn=train.train_and_evaluate):
   return trained
 
 
+# Per-group arrays of per_example.npz, (G, ...) in each point, stacked over points.
+MERGED_PER_GROUP_ARRAYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std',
+                           'forgetting_mean', 'never_learned', 'first_learned_mean',
+                           'cumulative_accuracy', 'probe_accuracy')
+
+
 def merge(points, workdir):
   """Merges the points' summaries into one; returns it."""
-  groups, models, per_example = [], [], {}
+  groups, models, per_example, forgetting = [], [], {}, []
   first = None
   for point in points:
     sub = os.path.join(workdir, point['name'])
@@ -66,22 +72,32 @@ def merge(points, workdir):
                      'values': {**point['values'], **g.get('values', {})}})
     for m in summary['models']:
       models.append({**m, 'group': offset + m['group'], 'point': point['name']})
+    for g in summary.get('forgetting', {}).get('groups', []):
+      forgetting.append({**g, 'group': offset + g['group']})
     npz = os.path.join(sub, train.PER_EXAMPLE_FILE)
     if os.path.exists(npz):
       with np.load(npz) as data:
-        for key in ('example_accuracy', 'vote_counts'):
-          per_example.setdefault(key, []).append(data[key])
+        for key in MERGED_PER_GROUP_ARRAYS:
+          if key in data:
+            per_example.setdefault(key, []).append(data[key])
         per_example['labels'] = data['labels']
+        if 'probe_labels' in data:
+          per_example['probe_labels'] = data['probe_labels']
   merged = {'name': 'sweep', 'variant': first.get('variant'), 'num_test': first['num_test'],
             'test_set': first.get('test_set'), 'num_models': len(models),
             'points': [{'name': p['name'], 'values': p['values']} for p in points],
-            'models': models, 'groups': groups}
+            'models': models, 'groups': groups,
+            'margin_quantile_levels': first.get('margin_quantile_levels')}
+  if len(forgetting) == len(groups):
+    merged['forgetting'] = {**first['forgetting'], 'groups': forgetting}
   train.write_json_atomic(os.path.join(workdir, train.SUMMARY_FILE), merged)
   if len(per_example.get('example_accuracy', [])) == len(points):
+    arrays = {k: np.concatenate(v) for k, v in per_example.items()
+              if k in MERGED_PER_GROUP_ARRAYS and len(v) == len(points)
+              and len({a.shape[1:] for a in v}) == 1}
+    extra = {k: per_example[k] for k in ('probe_labels',) if k in per_example}
     np.savez_compressed(os.path.join(workdir, train.PER_EXAMPLE_FILE),
-                        labels=per_example['labels'],
-                        **{k: np.concatenate(per_example[k]) for k in
-                           ('example_accuracy', 'vote_counts')})
+                        labels=per_example['labels'], **extra, **arrays)
   return merged
 
 

@@ -44,7 +44,8 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
     prediction_depth: accumulate per-model prediction depths (``update``'s
       ``extras['depth']``).
     feature_dim: D of the last embedding, to accumulate normalized margins
-      (``extras['feature_margin']`` and ``extras['features']``); None: off.
+      (``extras['feature_margin']``, ``['feature_sum']``, ``['feature_sq']``);
+      None: off.
 
   Returns:
     A dict of device arrays (see ``update``).
@@ -118,7 +119,9 @@ def update(state, logits, labels, example_ids, extras=None):
   """Folds one batch of logits (N, b, K) into the accumulators.
 
   ``extras``: the difficulty probes of the batch that ``init`` asked for:
-  ``depth`` (N, b), ``feature_margin`` (N, b), ``features`` (N, b, D).
+  ``depth`` (N, b), ``feature_margin`` (N, b), and the batch's per-model sums
+  ``feature_sum`` (N, D) of the last embedding and ``feature_sq`` (N,) of its
+  squared norm.
 
   Every example id must be seen exactly once over the whole stream; batches may
   come in any order and size.
@@ -166,7 +169,6 @@ def update(state, logits, labels, example_ids, extras=None):
         raise ValueError(f'The analysis state accumulates {name!r}; pass it in update(extras=).')
       new[name] = state[name].at[:, ids].set(extras[name].astype(state[name].dtype))
   if 'feature_sum' in state:
-    features = extras['features'].astype(jnp.float32)
-    new['feature_sum'] = state['feature_sum'] + features.sum(1)
-    new['feature_sq'] = state['feature_sq'] + jnp.sum(features * features, axis=(1, 2))
+    new['feature_sum'] = state['feature_sum'] + extras['feature_sum']
+    new['feature_sq'] = state['feature_sq'] + extras['feature_sq']
   return new
