@@ -8,6 +8,12 @@ logits of shape (N, batch, 10)) and of the ensemble's evaluation forward pass
 (``Ensemble.logits`` at the config's TTA level) on the same batch, their ratio,
 ``finalize``'s seconds for a 10,000-example state, and the state's bytes. One
 JSON line per N.
+
+With ``--difficulty`` (default on), one more line per N and example-difficulty
+probe (config.difficulty): its evaluation seconds per test batch against the
+plain evaluation (``over_plain``), its one-off cost (the depth support set's
+embeddings), and for forgetting the probe pass per epoch against an epoch of
+training steps (``over_train_epoch``).
 """
 
 import json
@@ -22,6 +28,7 @@ from ml_collections import config_flags
 
 from varjax import analysis
 from varjax import ensemble as ensemble_lib
+from varjax import train as train_lib
 from varjax.models import airbench
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
@@ -29,6 +36,7 @@ _MODELS = flags.DEFINE_list('models', ['16', '128', '512'], 'Ensemble sizes.')
 _BATCH = flags.DEFINE_integer('batch', 200, 'Test images per batch.')
 _EXAMPLES = flags.DEFINE_integer('examples', 10_000, 'Test-set size n of the analysis state.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions (after one warm-up).')
+_DIFFICULTY = flags.DEFINE_bool('difficulty', True, 'Also time each example-difficulty probe.')
 
 
 def timed(fn, repeats):
@@ -37,6 +45,48 @@ def timed(fn, repeats):
   for _ in range(repeats):
     jax.block_until_ready(fn())
   return (time.perf_counter() - start) / repeats
+
+
+def difficulty_costs(config, num_models, images, labels, kernel, repeats):
+  """Yields one dict per difficulty probe: its cost against the plain evaluation."""
+  rng = np.random.default_rng(1)
+  num_train = max(config.difficulty.depth_support_size, config.difficulty.forgetting_probe_size)
+  train_images = jnp.asarray(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8))
+  train_labels = jnp.asarray(rng.integers(0, 10, num_train).astype(np.int32))
+  variants = {'plain': {}, 'normalized_margin': {'normalized_margin': True},
+              'prediction_depth': {'prediction_depth': True}, 'forgetting': {'forgetting': True}}
+  plain_s = None
+  for name, switches in variants.items():
+    c = config.copy_and_resolve_references()
+    c.num_models = num_models
+    c.difficulty.normalized_margin = False
+    for key, value in switches.items():
+      c.difficulty[key] = value
+    ens = ensemble_lib.Ensemble(c, num_train=num_train)
+    state = ens.init(kernel)
+    row = {'probe': name, 'num_models': num_models, 'batch': images.shape[0]}
+    support, support_labels = (), None
+    if name == 'prediction_depth':
+      size = c.difficulty.depth_support_size
+      embed = lambda: train_lib.support_embeddings(ens, state, train_images[:size],
+                                                   c.eval.batch_size)
+      row['support_s'] = round(timed(embed, 1), 3)
+      row.update(support_size=size, k=c.difficulty.depth_k)
+      support, support_labels = embed(), train_labels[:size]
+    if name == 'forgetting':
+      probes = (train_images[:ens.num_probes], train_labels[:ens.num_probes])
+      row['probe_s_per_epoch'] = round(timed(lambda: ens.record_probes(state, *probes), 1), 3)
+      orders = ens.orders(0)
+      step = lambda: ens.train_step(ens.init(kernel), orders, train_images, train_labels, 0)
+      epoch_s = timed(step, 1) * ens.plan.steps_per_epoch
+      row.update(num_probes=ens.num_probes, train_s_per_epoch=round(epoch_s, 2),
+                 over_train_epoch=round(row['probe_s_per_epoch'] / epoch_s, 4))
+    else:
+      eval_s = timed(lambda: ens.eval_outputs(state, images, labels, support, support_labels),
+                     repeats)
+      plain_s = plain_s or eval_s
+      row.update(eval_s_per_batch=round(eval_s, 4), over_plain=round(eval_s / plain_s, 3))
+    yield row
 
 
 def main(argv):
@@ -74,6 +124,9 @@ def main(argv):
         'finalize_s': round(finalize_s, 2), 'num_examples': n,
         'alpha_trim_resamples': config.analysis.alpha_trim_resamples,
         'state_mbytes': round(state_bytes / 2**20, 1)}), flush=True)
+    if _DIFFICULTY.value:
+      for row in difficulty_costs(config, num_models, images, labels, kernel, repeats):
+        print(json.dumps({'backend': jax.default_backend(), **row}), flush=True)
 
 
 if __name__ == '__main__':
