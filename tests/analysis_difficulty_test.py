@@ -39,10 +39,10 @@ def run_analysis(labels, logits, depth, features, feature_margin, order, batch=5
                           feature_dim=features.shape[-1])
   for start in range(0, n, batch):
     ids = order[start:start + batch]
-    batch = features[:, ids]
+    f = features[:, ids].astype(np.float64)
     extras = {'depth': jnp.asarray(depth[:, ids]),
-              'feature_sum': jnp.asarray(batch.sum(1)),
-              'feature_sq': jnp.asarray((batch * batch).sum((1, 2))),
+              'feature_sum': jnp.asarray(f.sum(1), jnp.float32),
+              'feature_sq': jnp.asarray((f * f).sum((1, 2)), jnp.float32),
               'feature_margin': jnp.asarray(feature_margin[:, ids], jnp.float32)}
     state = accumulate.update(state, jnp.asarray(logits[:, ids]), jnp.asarray(labels[ids]),
                               jnp.asarray(ids), extras)

@@ -64,11 +64,11 @@ def test_shipped_sweep_configs_are_valid():
 def test_model_in_mixed_lr_ensemble_equals_single_lr_run():
   """Model 3 (lr x2 in the sweep) equals model 3 trained alone with opt.lr = 2 * lr."""
   base_lr = tiny_config().opt.lr
-  variables, logits = run(4, models_per_chunk=2, **{'sweep.lr_multipliers': (0.5, 2.0),
-                                                    'sweep.seeds_per_point': 2})
-  alone, alone_logits = run(1, first_model_id=3, **{'opt.lr': base_lr * 2.0})
+  variables, outputs = run(4, models_per_chunk=2, **{'sweep.lr_multipliers': (0.5, 2.0),
+                                                     'sweep.seeds_per_point': 2})
+  alone, alone_outputs = run(1, first_model_id=3, **{'opt.lr': base_lr * 2.0})
   assert_models_equal(variables, alone, 3, 0)
-  np.testing.assert_array_equal(logits[3], alone_logits[0])
+  assert_models_equal(outputs, alone_outputs, 3, 0)  # logits and difficulty probes
   # The two lrs did train differently.
   other, _ = run(1, first_model_id=3)
   assert not all(np.array_equal(a[0], b[3]) for a, b in
