@@ -23,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from varjax import analysis
+from varjax.analysis import accumulate
 from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
@@ -148,11 +149,6 @@ def support_embeddings(ens, state, images, batch_size):
   return tuple(jnp.concatenate(layer, axis=1) for layer in zip(*parts))
 
 
-def group_membership(groups, num_groups):
-  """(N, G) float one-hot rows; a model in group -1 (diverged) gets a zero row."""
-  return np.eye(num_groups + 1, dtype=np.float32)[np.asarray(groups)][:, :num_groups]
-
-
 def train_and_evaluate(config, workdir):
   """Trains ``config.num_models`` models at once and writes the run's outputs to ``workdir``."""
   config_check.check(config)
@@ -229,12 +225,16 @@ def train_and_evaluate(config, workdir):
   dynamics = None
   if ens.num_probes:
     stats = jax.jit(analysis.dynamics_stats, out_shardings=replicated)(
-        state['dynamics'], jnp.asarray(group_membership(groups, num_groups)))
+        state['dynamics'], jnp.asarray(accumulate.group_membership(groups, num_groups)))
     dynamics = {**to_host(state['dynamics']), **jax.tree.map(np.asarray, stats),
                 'probe_labels': dataset.train_labels[:ens.num_probes]}
   support, support_labels = (), None
   if ens.depth_k:
     size = min(config.difficulty.depth_support_size, num_train)
+    if size < ens.depth_k:
+      raise config_check.ConfigError(
+          f'difficulty.depth_k={ens.depth_k} exceeds the {size} support images (the '
+          'training set is smaller than difficulty.depth_support_size); lower depth_k.')
     support = support_embeddings(ens, state, train_images[:size], config.eval.batch_size)
     support_labels = train_labels[:size]
   evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size,

@@ -78,7 +78,7 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
   return {
       **optional,
       'margin_quantile_levels': jnp.asarray(margin_quantiles, f32),
-      'member': jnp.asarray(np.eye(num_groups + 1, dtype=np.float32)[groups][:, :num_groups]),
+      'member': jnp.asarray(group_membership(groups, num_groups)),
       'labels': jnp.zeros((n,), i32),
       'correct': jnp.zeros((num_models,), i32),
       'correct_even': jnp.zeros((num_models,), i32),
@@ -99,6 +99,11 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       'trim_keys': jax.random.key_data(
           jax.random.split(jax.random.fold_in(jax.random.key(seed), 0), alpha_trim_resamples)),
   }
+
+
+def group_membership(groups, num_groups):
+  """(N, G) float32 one-hot rows; a model in group -1 (e.g. diverged) gets a zero row."""
+  return np.eye(num_groups + 1, dtype=np.float32)[np.asarray(groups)][:, :num_groups]
 
 
 def _count(x):
