@@ -18,7 +18,7 @@ def member_of(groups, num_groups=3):
 
 def numpy_group_corr(x, y, groups, g):
   rows = groups == g
-  return np.corrcoef(x[rows], y[rows])[0, 1] if rows.sum() >= 3 else np.nan
+  return np.corrcoef(x[rows], y[rows])[0, 1] if rows.sum() >= 2 else np.nan
 
 
 def planted_run(seed=0, num_models=8, n=257, k=5, dim=6):

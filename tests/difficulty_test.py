@@ -68,10 +68,10 @@ def test_feature_margin_is_the_distance_to_the_boundary():
   head = rng.normal(size=(6, 5))
   labels = rng.integers(0, 5, 64)
   scale = 1 / 9
-  got = np.asarray(difficulty.feature_margin(jnp.asarray(features, jnp.float32),
+  logits = scale * features @ head
+  got = np.asarray(difficulty.feature_margin(jnp.asarray(logits, jnp.float32),
                                              jnp.asarray(head, jnp.float32), scale,
                                              jnp.asarray(labels)))
-  logits = scale * features @ head
   for i in range(64):
     others = [j for j in range(5) if j != labels[i]]
     j = others[int(np.argmax(logits[i, others]))]
@@ -142,4 +142,11 @@ def test_eval_outputs_of_a_tiny_model_match_numpy():
   np.testing.assert_array_equal(out['depth'], numpy_depth(probes, logits.argmax(-1)))
   np.testing.assert_allclose(out['feature_sum'], query_np[-1].sum(0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out['feature_sq'], (query_np[-1] ** 2).sum(), rtol=1e-5)
-  assert out['feature_margin'].shape == (10,)
+  # Feature margin: the distance from the last embedding to the plane where the
+  # true class and the runner-up tie, in NumPy geometry.
+  head = np.asarray(variables['params']['head'], np.float64)
+  for i in range(10):
+    other = np.where(np.arange(10) == labels[i], -np.inf, logits[i]).argmax()
+    normal = head[:, labels[i]] - head[:, other]
+    distance = query_np[-1][i] @ normal / np.linalg.norm(normal)
+    np.testing.assert_allclose(out['feature_margin'][i], distance, rtol=1e-4, atol=1e-6)

@@ -69,11 +69,12 @@ def prediction_depth(probe_preds, final_pred):
   return jnp.max(jnp.where(disagree, layer, 0), axis=-1).astype(jnp.int32)
 
 
-def feature_margin(features, head, head_scale, labels):
+def feature_margin(logits, head, head_scale, labels):
   """Signed distance of the last embedding to the true-vs-runner-up boundary.
 
   Args:
-    features: (b, D) the head's input (logits = head_scale * features @ head).
+    logits: (b, K) the model's logits, head_scale * features @ head (the head
+      is linear without bias, so the logits carry the features' projections).
     head: (D, K) the head's weights.
     head_scale: the constant factor of the logits.
     labels: (b,) true classes.
@@ -86,14 +87,14 @@ def feature_margin(features, head, head_scale, labels):
     >>> feature_margin(jnp.array([[2., 0.]]), jnp.eye(2), 1.0, jnp.array([0]))  # doctest: +SKIP
     Array([1.4142135], dtype=float32)
   """
-  features = features.astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
   head = head.astype(jnp.float32)
-  logits = jnp.matmul(features, head, precision=HIGHEST)
   is_label = jax.nn.one_hot(labels, head.shape[-1], dtype=bool)
   runner_up = jnp.argmax(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+  gap = jnp.take_along_axis(logits, labels[:, None], -1)[:, 0] - jnp.take_along_axis(
+      logits, runner_up[:, None], -1)[:, 0]
   direction = head[:, labels] - head[:, runner_up]                       # (D, b)
-  gap = jnp.sum(features * direction.T, -1)
-  return gap / jnp.linalg.norm(direction, axis=0)
+  return gap / (head_scale * jnp.linalg.norm(direction, axis=0))
 
 
 def init_dynamics(num_probes):
@@ -154,8 +155,8 @@ def make_eval_outputs(forward, num_classes, head_scale, depth_k=None, feature_ma
       features = embeddings[-1]
       out['feature_sum'] = features.sum(0)
       out['feature_sq'] = jnp.sum(features * features)
-      out['feature_margin'] = feature_margin(embeddings[-1], variables['params']['head'],
-                                             head_scale, labels)
+      out['feature_margin'] = feature_margin(logits, variables['params']['head'], head_scale,
+                                             labels)
     return out
 
   return eval_outputs

@@ -99,15 +99,15 @@ def host_gatherer(mesh):
 
 
 def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
-                   diverged=None, support=(), support_labels=None):
+                   groups=None, support=(), support_labels=None):
   """Returns evaluate(state, images, labels) -> analysis results (host NumPy).
 
   Test images and labels live on the device; each batch's TTA logits (and the
   difficulty probes the config asks for) stay there and go straight into the
   analysis accumulators (replicated over the mesh; only the final results are
-  gathered). ``diverged`` (N,) marks models (>= 0) that join no group
-  statistic. ``support``, ``support_labels``: the prediction-depth support set
-  (``support_embeddings``).
+  gathered). ``groups`` (N,): each model's group, -1 for one that joins no
+  group statistic (diverged); default ``ens.groups``. ``support``,
+  ``support_labels``: the prediction-depth support set (``support_embeddings``).
   """
 
   def take(images, labels, start, size):
@@ -119,7 +119,7 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
   replicated = ensemble_lib.replicated(ens.mesh)
   update = jax.jit(analysis.update, donate_argnums=0)
   finalize = jax.jit(analysis.finalize, out_shardings=replicated)
-  groups = ens.groups if diverged is None else np.where(diverged >= 0, -1, ens.groups)
+  groups = ens.groups if groups is None else groups
 
   def evaluate(state, images, labels):
     stats = analysis.init(ens.num_models, num_examples, num_classes, groups,
@@ -238,7 +238,7 @@ def train_and_evaluate(config, workdir):
     support = support_embeddings(ens, state, train_images[:size], config.eval.batch_size)
     support_labels = train_labels[:size]
   evaluate = make_evaluator(ens, num_test, dataset.num_classes, config.eval.batch_size,
-                            config.analysis, diverged, support, support_labels)
+                            config.analysis, groups, support, support_labels)
   results = evaluate(state, jax.device_put(dataset.test_images, replicated),
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
@@ -246,7 +246,7 @@ def train_and_evaluate(config, workdir):
     tfds_dir = config.data.dir if config.data.source == 'tfds' else None
     name, images, labels = data_lib.load_extra_test_set(spec, tfds_dir)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
-                                    config.eval.batch_size, config.analysis, diverged,
+                                    config.eval.batch_size, config.analysis, groups,
                                     support, support_labels)
     extra.append((name, labels, evaluate_extra(state, jax.device_put(images, replicated),
                                                jax.device_put(labels, replicated))))

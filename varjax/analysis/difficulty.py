@@ -12,25 +12,9 @@ Example:
 import jax
 import jax.numpy as jnp
 
+from varjax.analysis import variance
+
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def group_correlation(x, y, member):
-  """Pearson r of x and y (N,) across each group's models, shape (G,).
-
-  NaN for groups of fewer than 3 models or without spread in x or y.
-
-  Example:
-    >>> group_correlation(jnp.arange(4.), jnp.arange(4.) ** 2, jnp.ones((4, 1)))  # doctest: +SKIP
-    Array([0.95...], dtype=float32)
-  """
-  size = member.sum(0)
-  safe = jnp.maximum(size, 1)
-  dx = x[:, None] - (member.T @ x / safe)[None]
-  dy = y[:, None] - (member.T @ y / safe)[None]
-  cov, vx, vy = ((member * a * b).sum(0) for a, b in ((dx, dy), (dx, dx), (dy, dy)))
-  ok = (size >= 3) & (vx > 0) & (vy > 0)
-  return jnp.where(ok, cov / jnp.sqrt(jnp.where(ok, vx * vy, 1)), jnp.nan)
 
 
 def row_correlation(x, y):
@@ -82,7 +66,7 @@ def margin_stats(margin, accuracy, member, levels, normalized=None):
     quantiles = jnp.quantile(values, levels, axis=1).T                  # (N, Q)
     out[f'{name}_quantiles'] = quantiles
     out[f'{name}_quantile_accuracy_corr'] = jax.vmap(
-        lambda q: group_correlation(q, accuracy, member), out_axes=1)(quantiles.T)
+        lambda q: variance.group_corr(q, accuracy, member), out_axes=1)(quantiles.T)
   return out
 
 
