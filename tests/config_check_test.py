@@ -24,6 +24,11 @@ def test_unknown_key_suggests_the_closest():
     ('eval.tta_level', 3, 'tta_level'),
     ('aug.flip', 'sometimes', 'aug.flip'),
     ('train.epochs', 0, 'train.epochs'),
+    ('analysis.ensemble_subsets', 0, 'ensemble_subsets'),
+    ('analysis.seeds_needed_deltas', (0.001, 0.0), 'seeds_needed_deltas'),
+    ('analysis.seeds_needed_power', 1.0, 'seeds_needed_power'),
+    ('difficulty.depth_probes', ('whiten', 'input'), 'depth_probes'),
+    ('difficulty.depth_probes', ('input', 'group4_conv1'), 'depth_probes'),
 ])
 def test_bad_values(key, value, match):
   c = load_experiment('airbench', 'smoke')

@@ -20,9 +20,11 @@ opt.lr_start_factor opt.lr_end_factor
 lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
-analysis.num_bootstrap analysis.alpha_trim_resamples analysis.seed
-analysis.margin_quantiles
+analysis.alpha_trim_resamples analysis.seed analysis.margin_quantiles
+analysis.ensemble_subsets analysis.seeds_needed_deltas analysis.seeds_needed_power
+analysis.seeds_needed_alpha
 difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
+difficulty.depth_probes
 difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
@@ -103,8 +105,15 @@ def check(config, known_keys=KNOWN_KEYS):
   _require(c.model.whiten_num_images >= 1, 'model.whiten_num_images must be >= 1.')
   _require(not c.lookahead.enabled or c.lookahead.every_steps >= 1,
            'lookahead.every_steps must be >= 1.')
-  _require(c.analysis.num_bootstrap >= 1 and c.analysis.alpha_trim_resamples >= 1,
-           'analysis.num_bootstrap and analysis.alpha_trim_resamples must be >= 1.')
+  a = c.analysis
+  _require(a.alpha_trim_resamples >= 1 and a.ensemble_subsets >= 1,
+           'analysis.alpha_trim_resamples and analysis.ensemble_subsets must be >= 1.')
+  deltas = tuple(a.seeds_needed_deltas)
+  _require(len(deltas) >= 1 and all(0 < v < 1 for v in deltas),
+           f'analysis.seeds_needed_deltas must be accuracy differences in (0, 1), got {deltas!r}.')
+  _require(0 < a.seeds_needed_power < 1 and 0 < a.seeds_needed_alpha < 1,
+           f'analysis.seeds_needed_power and analysis.seeds_needed_alpha must lie in (0, 1), '
+           f'got {a.seeds_needed_power} and {a.seeds_needed_alpha}.')
   q = tuple(c.analysis.margin_quantiles)
   _require(len(q) >= 1 and all(0 <= v <= 1 for v in q) and list(q) == sorted(set(q)),
            f'analysis.margin_quantiles must increase within [0, 1], got {q!r}.')
@@ -112,6 +121,12 @@ def check(config, known_keys=KNOWN_KEYS):
   _require(not d.prediction_depth or 1 <= d.depth_k <= d.depth_support_size,
            f'difficulty.depth_k must be in [1, difficulty.depth_support_size], got '
            f'{d.depth_k} and {d.depth_support_size}.')
+  from varjax.models import airbench  # pylint: disable=g-import-not-at-top
+  places = tuple(d.depth_probes)
+  _require(len(places) >= 1 and list(places) == [p for p in airbench.PROBE_PLACES
+                                                  if p in places],
+           f'difficulty.depth_probes must be distinct places of {airbench.PROBE_PLACES} in '
+           f'that order, got {places!r}.')
   _require(not d.forgetting or d.forgetting_probe_size >= 1,
            f'difficulty.forgetting_probe_size must be >= 1, got {d.forgetting_probe_size}.')
   _require(c.checkpoint.every_steps >= 0 and c.checkpoint.keep >= 1,
