@@ -491,6 +491,16 @@ def test_ensemble_size_curve_over_random_subsets():
                              r['ensemble_accuracy_softmax'][1], rtol=1e-6)
 
 
+def test_group_means_run_at_highest_precision():
+  """At default precision GPUs feed matmuls TF32 (10-bit mantissa): accuracies would move
+  in their third digit. Every contraction of the group statistics must ask for HIGHEST."""
+  acc = jnp.linspace(0.9, 0.95, 8)
+  member = jnp.asarray(np.eye(3, dtype=np.float32)[GROUPS])
+  for fn in (variance.group_mean_var, lambda x, m: variance.group_corr(x, x * x, m)):
+    dots = [e for e in jax.make_jaxpr(fn)(acc, member).eqns if e.primitive.name == 'dot_general']
+    assert dots and all(e.params['precision'] == (jax.lax.Precision.HIGHEST,) * 2 for e in dots)
+
+
 def test_report_lines(planted):
   _, _, results = planted
   lines = analysis.report_lines(results, group_names=['lr=0.5', 'lr=1.0', 'solo'])
