@@ -444,6 +444,7 @@ def test_seeds_needed_matches_the_closed_form_and_reaches_the_power():
   got = np.asarray(power.seeds_per_arm(jnp.asarray(sigma, jnp.float32),
                                        jnp.asarray(deltas, jnp.float32), z))
   np.testing.assert_array_equal(got, [[seeds_closed_form(s, d) for d in deltas] for s in sigma])
+  assert float(power.seeds_per_arm(jnp.zeros(1), jnp.asarray([0.001]), z)[0, 0]) == 1
   # Simulated two-arm comparisons with that many seeds per arm (z-test, known sigma).
   rng = np.random.default_rng(14)
   n = int(got[2, 2])                                    # sigma 1%, difference 0.5pp: 63

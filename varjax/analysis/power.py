@@ -30,7 +30,8 @@ def z_sum(alpha, power):
 def seeds_per_arm(std, deltas, z):
   """Seeds per arm to detect each difference; std (...,), deltas (D,) -> (..., D).
 
-  NaN where the std is NaN (groups of fewer than two models).
+  At least 1 (a std of 0 detects any difference with one seed); NaN where the
+  std is NaN (groups of fewer than two models).
   """
   ratio = std[..., None] / deltas
-  return jnp.ceil(2 * z * z * ratio * ratio)
+  return jnp.maximum(jnp.ceil(2 * z * z * ratio * ratio), 1)
