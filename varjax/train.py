@@ -243,8 +243,7 @@ def train_and_evaluate(config, workdir):
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
   for spec in config.data.extra_test_sets:
-    tfds_dir = config.data.dir if config.data.source == 'tfds' else None
-    name, images, labels = data_lib.load_extra_test_set(spec, tfds_dir)
+    name, images, labels = data_lib.load_extra_test_set(spec, config.data)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
                                     config.eval.batch_size, config.analysis, groups,
                                     support, support_labels)
