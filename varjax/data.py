@@ -262,7 +262,8 @@ def load(data_config, environ=None):
     raise DataError(f"data.test_split must be 'test' or 'holdout', got "
                     f'{data_config.test_split!r}.')
   kind, directory, origin = resolve_source(data_config, environ)
-  logging.info('CIFAR-10 from %s %s (%s)', kind, directory or 'default TFDS data dir', origin)
+  logging.info('CIFAR-10: %s in %s (%s)', 'binary files' if kind == 'cifar10_binary' else 'tfds',
+               directory or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets', origin)
   if kind == 'cifar10_binary':
     train_images, train_labels, test_images, test_labels = load_cifar10_binary(
         directory, with_test=not holdout, verify_checksums=data_config.verify_checksums)
