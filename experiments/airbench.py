@@ -4,7 +4,8 @@ Variants (``--config=experiments/airbench.py:VARIANT``):
   (none)  full airbench94: widths 64/256/256, batch 1024, 9.9 epochs, TTA level 2.
           Meant for an accelerator host.
   cpu     the README demo: 16 narrow models on a subset, minutes on 2 CPU cores,
-          evaluated on the held-out last 10,000 training images.
+          evaluated on the held-out last 10,000 training images (so the binary
+          files without test_batch.bin suffice).
   smoke   seconds; for tests.
 
 Units follow airbench: ``opt.lr`` and ``opt.weight_decay`` are "decoupled" (per
@@ -14,15 +15,8 @@ Example:
   python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/run
 """
 
-import os
-
 import ml_collections
 from ml_collections import config_dict
-
-# The offline copy of CIFAR-10 beside a checkout (see ../shared/data/README.md).
-SHARED_CIFAR10_DIR = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data', 'cifar10',
-    'cifar-10-batches-bin'))
 
 
 def get_config(arg=None):
@@ -43,9 +37,12 @@ def get_config(arg=None):
   c.overwrite = False  # True: discard a finished run in --workdir and start again.
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'tfds'  # 'tfds' | 'cifar10_binary'
-  # tfds: TFDS data_dir (None: TFDS default). cifar10_binary: the directory of
-  # data_batch_{1..5}.bin (and test_batch.bin).
+  # 'auto': data.dir (the binary files, or else a TFDS data dir), then the
+  # directory of binary files in $VARJAX_DATA_DIR, then tfds (downloads and
+  # prepares cifar10 on first use). 'cifar10_binary' | 'tfds' force one kind.
+  c.data.source = 'auto'
+  # The binary files' directory (data_batch_{1..5}.bin, test_batch.bin) or a
+  # TFDS data dir; None: $VARJAX_DATA_DIR, else TFDS's default data dir.
   c.data.dir = config_dict.placeholder(str)
   c.data.test_split = 'test'  # 'test' | 'holdout' (last holdout_size train images)
   c.data.holdout_size = 10_000
@@ -177,8 +174,6 @@ def get_config(arg=None):
   if variant == 'cpu':
     # Sized for 2 CPU cores (BENCHMARKS.md): 16 models x 10,000 images each.
     c.num_models = 16
-    c.data.source = 'cifar10_binary'
-    c.data.dir = SHARED_CIFAR10_DIR
     c.data.test_split = 'holdout'
     c.data.train_size = 5_000
     c.model.widths = (16, 32, 32)
@@ -193,8 +188,6 @@ def get_config(arg=None):
     c.analysis.alpha_trim_resamples = 20
   elif variant == 'smoke':
     c.num_models = 4
-    c.data.source = 'cifar10_binary'
-    c.data.dir = SHARED_CIFAR10_DIR
     c.data.test_split = 'holdout'
     c.data.holdout_size = 512
     c.data.train_size = 1024

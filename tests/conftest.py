@@ -1,4 +1,9 @@
-"""Shared test setup: 8 fake CPU devices (set before JAX starts) and config loading."""
+"""Shared test setup: 8 fake CPU devices (set before JAX starts), data, config loading.
+
+Tests that need the real CIFAR-10 binary files find them through VARJAX_DATA_DIR
+(as a user's run does; .ci/run sets it). For a developer's convenience, an unset
+VARJAX_DATA_DIR is pointed at ../shared/data beside the checkout when that exists.
+"""
 
 import os
 import pathlib
@@ -11,8 +16,12 @@ import pytest  # noqa: E402
 from varjax import config_files  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / 'shared' / 'data'
-CIFAR10_BINARY = SHARED_DATA / 'cifar10' / 'cifar-10-batches-bin'
+_WORKSPACE_CIFAR10 = REPO.parent / 'shared' / 'data' / 'cifar10' / 'cifar-10-batches-bin'
+if not os.environ.get('VARJAX_DATA_DIR') and _WORKSPACE_CIFAR10.is_dir():
+  os.environ['VARJAX_DATA_DIR'] = str(_WORKSPACE_CIFAR10)
+# The CIFAR-10 binary files (data_batch_1.bin ...), or None.
+CIFAR10_BINARY = (pathlib.Path(os.environ['VARJAX_DATA_DIR'])
+                  if os.environ.get('VARJAX_DATA_DIR') else None)
 
 
 def load_experiment(name='airbench', variant='smoke'):
@@ -45,5 +54,6 @@ def random_images(n, seed=0):
 
 
 needs_shared_data = pytest.mark.skipif(
-    not (CIFAR10_BINARY / 'data_batch_1.bin').exists(),
-    reason='../shared/data/cifar10 is not beside this checkout')
+    CIFAR10_BINARY is None or not (CIFAR10_BINARY / 'data_batch_1.bin').exists(),
+    reason='needs the CIFAR-10 binary files: set VARJAX_DATA_DIR to the directory of '
+           'data_batch_1.bin ... data_batch_5.bin')

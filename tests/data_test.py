@@ -76,7 +76,7 @@ def test_missing_directory_and_files(tmp_path):
   with pytest.raises(data.DataError, match='data_batch_1.bin'):
     data.load(data_config(dir=str(tmp_path)))
   with pytest.raises(data.DataError, match='data.dir'):
-    data.load(data_config(dir=None))
+    data.load(data_config(dir=None), environ={})
 
 
 def test_wrong_size_of_a_known_file(tmp_path):
@@ -114,24 +114,83 @@ def test_shared_holdout_split():
   assert np.bincount(ds.test_labels, minlength=10).min() > 900  # roughly balanced
 
 
-def test_tfds_source_under_mock_data():
+def mock_prepared_tfds(monkeypatch, num_examples):
+  """tfds' mock data, standing in for a dataset already prepared (no download)."""
   tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=12):
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True)
+  return tfds.testing.mock_data(num_examples=num_examples)
+
+
+def test_tfds_source_under_mock_data(monkeypatch):
+  with mock_prepared_tfds(monkeypatch, 12):
     ds = data.load(data_config(source='tfds', test_split='test'))
   assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
   assert ds.test_labels.shape == (12,) and ds.test_name == 'test'
   assert ds.train_labels.max() < 10
 
 
-def test_tfds_missing_dataset_is_a_clear_error(tmp_path):
-  pytest.importorskip('tensorflow_datasets')
-  with pytest.raises(data.DataError, match='cifar10_binary'):
-    data.load(data_config(source='tfds', dir=str(tmp_path)))
+def test_sources_in_order_config_dir_then_environment_then_tfds(tmp_path):
+  binary, tfds_dir = tmp_path / 'binary', tmp_path / 'tfds'
+  binary.mkdir()
+  tfds_dir.mkdir()
+  write_dir(binary)
+  env = {data.DATA_DIR_ENV: str(binary)}
+  resolve = lambda environ, **kw: data.resolve_source(data_config(source='auto', **kw),
+                                                      environ)[:2]
+  assert resolve(env, dir=str(binary)) == ('cifar10_binary', str(binary))
+  assert resolve(env, dir=str(tfds_dir)) == ('tfds', str(tfds_dir))  # the config wins
+  assert resolve(env) == ('cifar10_binary', str(binary))
+  assert resolve({}) == ('tfds', None)
+  # Forcing a kind: the binary files still come from the config or the environment.
+  assert data.resolve_source(data_config(source='cifar10_binary'), env)[:2] == (
+      'cifar10_binary', str(binary))
+  assert data.resolve_source(data_config(source='tfds', dir=str(binary)), env)[:2] == (
+      'tfds', str(binary))
 
 
-def test_extra_test_set_from_tfds_under_mock_data():
-  tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=7):
+def test_a_missing_directory_is_named_not_downloaded_into(tmp_path):
+  with pytest.raises(data.DataError, match='nowhere.*does not exist'):
+    data.resolve_source(data_config(source='auto', dir=str(tmp_path / 'nowhere')), {})
+  with pytest.raises(data.DataError, match='VARJAX_DATA_DIR=.*gone'):
+    data.resolve_source(data_config(source='auto'), {data.DATA_DIR_ENV: str(tmp_path / 'gone')})
+  with pytest.raises(data.DataError, match='data.dir or VARJAX_DATA_DIR'):
+    data.resolve_source(data_config(source='cifar10_binary'), {})
+  with pytest.raises(data.DataError, match='data.source must be one of'):
+    data.resolve_source(data_config(source='imagenet'), {})
+
+
+def test_no_data_at_all_names_the_three_ways_in_one_line(monkeypatch):
+  def offline(name, split, data_dir):
+    raise data.DataError(f'tensorflow-datasets cannot download {name}: no internet')
+
+  monkeypatch.setattr(data, '_read_tfds_split', offline)
+  with pytest.raises(data.DataError) as e:
+    data.load(data_config(source='auto', test_split='holdout'), environ={})
+  message = str(e.value)
+  assert '\n' not in message and 'no internet' in message
+  for way in ('--config.data.dir=DIR', 'VARJAX_DATA_DIR=DIR', 'internet access'):
+    assert way in message, way
+
+
+def test_offline_download_fails_at_once_unless_a_proxy_is_set(monkeypatch):
+  class Builder:
+    name = 'cifar10'
+    url_infos = {'https://no-such-host.invalid/cifar-10-binary.tar.gz': None}
+
+  for var in ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'all_proxy',
+              'ALL_PROXY'):
+    monkeypatch.delenv(var, raising=False)
+  with pytest.raises(data.DataError, match=r'no-such-host.invalid\) resolves'):
+    data._check_download_hosts(Builder())
+  Builder.url_infos['http://127.0.0.1:1/x.tar.gz'] = None  # one host that resolves is enough
+  data._check_download_hosts(Builder())
+  monkeypatch.setenv('HTTPS_PROXY', 'http://proxy.invalid:3128')
+  del Builder.url_infos['http://127.0.0.1:1/x.tar.gz']
+  data._check_download_hosts(Builder())  # the proxy resolves names, not this process
+
+
+def test_extra_test_set_from_tfds_under_mock_data(monkeypatch):
+  with mock_prepared_tfds(monkeypatch, 7):
     name, images, labels = data.load_extra_test_set('tfds:cifar10_1')
   assert name == 'cifar10_1' and images.shape == (7, 32, 32, 3) and labels.shape == (7,)
 

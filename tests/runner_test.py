@@ -14,8 +14,9 @@ from conftest import REPO
 def fake_train(calls):
   """Stands in for train_and_evaluate: a 2-model, 1-group summary per point."""
 
-  def train_fn(config, workdir):
+  def train_fn(config, workdir, progress_desc):
     calls.append(workdir)
+    assert progress_desc.startswith('point ') and progress_desc.endswith(os.path.basename(workdir))
     os.makedirs(workdir, exist_ok=True)
     e = config.train.epochs
     models = [{'id': k, 'group': 0, 'test_accuracy': 0.5 + 0.1 * e + 0.01 * k}

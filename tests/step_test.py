@@ -77,3 +77,25 @@ def test_train_step_on_fake_data_learns_and_freezes_what_it_should():
     np.testing.assert_array_equal(b, biases[1])  # ... and is frozen afterwards
   logits = step_lib.make_eval_logits(model, 0)(step_lib.final_variables(state, plan), images)
   assert (np.asarray(logits).argmax(-1) == labels).mean() > 0.3  # chance is 0.1
+
+
+def test_step_without_whitening_gradient_equals_masking_the_bias_update():
+  # After the bias freezes, the second program drops the whitening layer's backward;
+  # every trained number must come out as the first program's masked update.
+  config = tiny_config(**{'train.whiten_bias_epochs': 0.25, 'lookahead.enabled': False})
+  images, labels = class_colour_images(64)
+  plan = step_lib.StepPlan.from_config(config, 64)
+  model = airbench.from_config(config.model)
+  hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
+  kernel = airbench.whitening_kernel_for(images, config.model)
+  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
+  key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
+  s = plan.whiten_bias_steps  # the first frozen step
+  args = (hparams, key, order, images, labels, s)
+  live, live_metrics = jax.jit(step_lib.make_train_step(model, plan, True))(state, *args)
+  frozen, frozen_metrics = jax.jit(step_lib.make_train_step(model, plan, False))(state, *args)
+  for name in ('params', 'batch_stats'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 live[name], frozen[name])
+  np.testing.assert_array_equal(frozen['params']['whiten_bias'], state['params']['whiten_bias'])
+  np.testing.assert_allclose(live_metrics['loss'], frozen_metrics['loss'], rtol=1e-6)

@@ -1,39 +1,32 @@
-"""Metric writers: JSON lines and TensorBoard records decoded by an independent reader."""
+"""Metric writers: JSON lines, and event files read back by TensorBoard's own reader."""
 
 import json
-import struct
+
+from tensorboard.backend.event_processing import event_accumulator
 
 from varjax import writers
 
 
-def test_crc32c_check_value():
-  assert writers.crc32c(b'123456789') == 0xE3069283  # the standard CRC-32C check value
-
-
-def read_records(path):
-  raw = open(path, 'rb').read()
-  records, pos = [], 0
-  while pos < len(raw):
-    (length,) = struct.unpack('<Q', raw[pos:pos + 8])
-    (length_crc,) = struct.unpack('<I', raw[pos + 8:pos + 12])
-    assert length_crc == writers.masked_crc32c(raw[pos:pos + 8])
-    payload = raw[pos + 12:pos + 12 + length]
-    (payload_crc,) = struct.unpack('<I', raw[pos + 12 + length:pos + 16 + length])
-    assert payload_crc == writers.masked_crc32c(payload)
-    records.append(payload)
-    pos += 16 + length
-  return records
-
-
-def test_metric_writer_writes_jsonl_and_tfevents(tmp_path):
+def test_metric_writer_writes_jsonl_and_tensorboard_scalars(tmp_path):
   w = writers.MetricWriter(str(tmp_path))
-  w.write(10, epoch=1, train_loss=0.5, note='text', nan=float('nan'))
-  w.write(20, epoch=2, train_loss=0.25)
+  w.write(10, epoch=1, train_loss=0.5, note='text', nan=float('nan'), done=True)
+  w.write(20, epoch=2, train_loss=0.25, per_model=[0.1, 0.2])
   w.close()
+
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert lines[0]['step'] == 10 and lines[1]['train_loss'] == 0.25 and lines[0]['note'] == 'text'
-  (event_file,) = (tmp_path / 'tensorboard').iterdir()
-  records = read_records(event_file)
-  assert len(records) == 3 and b'brain.Event:2' in records[0]
-  assert b'train_loss' in records[1] and struct.pack('<f', 0.25) in records[2]
-  assert b'nan' not in records[1]  # non-finite scalars are skipped
+  assert lines[1]['per_model'] == [0.1, 0.2]
+
+  reader = event_accumulator.EventAccumulator(str(tmp_path / writers.TENSORBOARD_DIR))
+  reader.Reload()
+  # Text, booleans, lists and non-finite values stay in the JSON lines only.
+  assert sorted(reader.Tags()['scalars']) == ['epoch', 'train_loss']
+  assert [(e.step, e.value) for e in reader.Scalars('train_loss')] == [(10, 0.5), (20, 0.25)]
+  assert [(e.step, e.value) for e in reader.Scalars('epoch')] == [(10, 1.0), (20, 2.0)]
+
+
+def test_null_writer_writes_nothing(tmp_path):
+  w = writers.NullWriter()
+  w.write(1, loss=1.0)
+  w.close()
+  assert not list(tmp_path.iterdir())

@@ -296,11 +296,15 @@ class Ensemble:
       return jax.random.permutation(jax.random.fold_in(key('order', model_id), epoch),
                                     plan.num_train).astype(jnp.int32)
 
-    train_step = step_lib.make_train_step(model, plan)
+    def step_fn(whiten_bias_live):
+      train_step = step_lib.make_train_step(model, plan, whiten_bias_live)
 
-    def step_one(per_model, images, labels, step):
-      state, hparams, model_id, order = per_model
-      return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
+      def step_one(per_model, images, labels, step):
+        state, hparams, model_id, order = per_model
+        return train_step(state, hparams, key('augment', model_id), order, images, labels,
+                          step)
+
+      return step_one
 
     forward = step_lib.make_eval_forward(model, plan.tta_level)
     self._eval_one = lambda per_model, images: forward(
@@ -326,14 +330,18 @@ class Ensemble:
     # Init and orders are cheap and run once per run / epoch: always one scan.
     self._init = jax.jit(self._sharded(init_one, 2, 1))
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
-    if self.chunk_loop == 'scan':
-      # The state (first argument) is donated: updated in place, no second copy.
-      self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
-    else:
-      # outputs = (state, metrics); the state is read from the outputs slice.
-      step_chunk = lambda per_model, *shared: step_one(
-          (per_model[0][0],) + tuple(per_model[1:]), *shared)
-      self._step_chunk = self._sharded_chunk(step_chunk, 3, 3)
+    # Two programs: while the whitening bias trains, and after (no gradient
+    # through the whitening layer); each is compiled on first use.
+    self._steps = {}
+    for live in (True, False):
+      if self.chunk_loop == 'scan':
+        # The state (first argument) is donated: updated in place, no second copy.
+        self._steps[live] = jax.jit(self._sharded(step_fn(live), 4, 3), donate_argnums=0)
+      else:
+        # outputs = (state, metrics); the state is read from the outputs slice.
+        step_chunk = lambda per_model, *shared, fn=step_fn(live): fn(
+            (per_model[0][0],) + tuple(per_model[1:]), *shared)
+        self._steps[live] = self._sharded_chunk(step_chunk, 3, 3)
 
   def _per_model(self, name, fn, num_per_model, num_shared):
     """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.
@@ -395,13 +403,14 @@ class Ensemble:
 
     Returns (state, metrics) with metrics {'loss', 'accuracy'}, each (N,).
     """
+    program = self._steps[step < self.plan.whiten_bias_steps]
     step = jnp.int32(step)
     if self.chunk_loop == 'scan':
-      return self._step(state, self.hparams, self.ids, orders, images, labels, step)
+      return program(state, self.hparams, self.ids, orders, images, labels, step)
     outputs = (state, {'loss': self.zeros(()), 'accuracy': self.zeros(())})
     for chunk in range(self.num_chunks):
-      outputs = self._step_chunk(outputs, jnp.int32(chunk), self.hparams, self.ids, orders,
-                                 images, labels, step)
+      outputs = program(outputs, jnp.int32(chunk), self.hparams, self.ids, orders, images,
+                        labels, step)
     return outputs
 
   def logits(self, state, images):

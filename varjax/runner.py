@@ -36,7 +36,10 @@ def load_sweep(spec):
 
 
 def run_points(points, workdir, train_fn=train.train_and_evaluate):
-  """Trains every point without a summary.json; returns the names that were trained."""
+  """Trains every point without a summary.json; returns the names that were trained.
+
+  Each point's progress bar is labelled 'point i/P NAME'.
+  """
   trained = []
   for i, point in enumerate(points):
     sub = os.path.join(workdir, point['name'])
@@ -44,7 +47,7 @@ def run_points(points, workdir, train_fn=train.train_and_evaluate):
       logging.info('point %d/%d %s: finished, skipped', i + 1, len(points), point['name'])
       continue
     logging.info('point %d/%d %s: training into %s', i + 1, len(points), point['name'], sub)
-    train_fn(point['config'], sub)
+    train_fn(point['config'], sub, progress_desc=f"point {i + 1}/{len(points)} {point['name']}")
     trained.append(point['name'])
   return trained
 

@@ -28,6 +28,7 @@ from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
 from varjax import ensemble as ensemble_lib
+from varjax import progress as progress_lib
 from varjax import sweep
 from varjax import writers
 from varjax.models import airbench
@@ -152,8 +153,12 @@ def support_embeddings(ens, state, images, batch_size):
   return tuple(jnp.concatenate(layer, axis=1) for layer in zip(*parts))
 
 
-def train_and_evaluate(config, workdir):
-  """Trains ``config.num_models`` models at once and writes the run's outputs to ``workdir``."""
+def train_and_evaluate(config, workdir, progress_desc=None):
+  """Trains ``config.num_models`` models at once and writes the run's outputs to ``workdir``.
+
+  ``progress_desc``: the label of the terminal progress bar (default the
+  config's name); a sweep runner names its point there.
+  """
   config_check.check(config)
   # Multi-process runs (jax.distributed): process 0 writes the outputs; every
   # process trains its own models and writes its part of each checkpoint.
@@ -185,6 +190,9 @@ def train_and_evaluate(config, workdir):
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   done, state, totals = ckpt.restore_latest(state, zeros())
   writer = writers.MetricWriter(workdir) if is_writer else writers.NullWriter()
+  progress = progress_lib.Progress(plan.total_steps, ens.num_models * plan.batch_size,
+                                   done=done, desc=progress_desc or config.name,
+                                   enable=None if is_writer else False)
   train_time = 0.0
   last = None
   for epoch, steps in plan.epochs():
@@ -199,6 +207,7 @@ def train_and_evaluate(config, workdir):
         continue
       state, metrics = ens.train_step(state, orders, train_images, train_labels, step)
       totals = jax.tree.map(jnp.add, totals, metrics)
+      progress.update(step + 1, wait_for=metrics)
       if ens.num_probes and step == steps[-1]:  # before the epoch's checkpoint
         state = ens.record_probes(state, probe_images, probe_labels)
       if config.log.every_steps and (step + 1) % config.log.every_steps == 0:
@@ -210,13 +219,15 @@ def train_and_evaluate(config, workdir):
     last = jax.tree.map(lambda t: t / len(steps), to_host(totals))  # waits for the epoch
     seconds = time.perf_counter() - start
     train_time += seconds
-    logging.info('epoch %d/%d  %.1fs  train loss %.4f  acc %.4f (mean over %d models)',
-                 epoch + 1, plan.num_epochs, seconds, last['loss'].mean(),
-                 last['accuracy'].mean(), ens.num_models)
+    with progress.paused():
+      logging.info('epoch %d/%d  %.1fs  train loss %.4f  acc %.4f (mean over %d models)',
+                   epoch + 1, plan.num_epochs, seconds, last['loss'].mean(),
+                   last['accuracy'].mean(), ens.num_models)
     writer.write(steps[-1] + 1, epoch=epoch + 1, epoch_seconds=seconds,
                  train_loss=float(last['loss'].mean()),
                  train_accuracy=float(last['accuracy'].mean()))
 
+  progress.close()
   ckpt.close()
   diverged = to_host(state['diverged_at'])
   for k in np.flatnonzero(diverged >= 0):
@@ -246,8 +257,7 @@ def train_and_evaluate(config, workdir):
                      jax.device_put(dataset.test_labels, replicated))
   extra = []
   for spec in config.data.extra_test_sets:
-    tfds_dir = config.data.dir if config.data.source == 'tfds' else None
-    name, images, labels = data_lib.load_extra_test_set(spec, tfds_dir)
+    name, images, labels = data_lib.load_extra_test_set(spec, config.data)
     evaluate_extra = make_evaluator(ens, len(labels), dataset.num_classes,
                                     config.eval.batch_size, config.analysis, groups,
                                     support, support_labels)

@@ -28,6 +28,7 @@ import numpy as np
 
 from varjax import data as data_lib
 from varjax.models import conv as conv_lib
+from varjax.models import layers
 
 WHITEN_PATCH_CHANNELS = 3
 PROBE_PLACES = ('input', 'whiten', 'group1_conv1', 'group1_conv2', 'group2_conv1',
@@ -53,6 +54,11 @@ def dirac_init(key, shape, dtype=jnp.float32):
   n = min(c_in, c_out)
   identity = jnp.zeros((h, w, c_in, n), dtype).at[h // 2, w // 2].set(jnp.eye(c_in, n, dtype=dtype))
   return kernel.at[..., :n].set(identity)
+
+
+def activation(x, approximate):
+  """GELU: tanh approximation, or exact (erf) as torch.nn.GELU's default."""
+  return jax.nn.gelu(x, approximate=True) if approximate else layers.gelu(x)
 
 
 def max_pool(x, size):
@@ -111,7 +117,7 @@ class ConvGroup(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     """Returns (the first conv's output after pool / BN / GELU, the group's output)."""
-    act = lambda v: jax.nn.gelu(v, approximate=self.gelu_approximate)
+    act = lambda v: activation(v, self.gelu_approximate)
     k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
     x = conv_lib.conv3x3(x, k1, self.weight_grad, self.grad_slice)
     x = max_pool(x, 2)
@@ -145,9 +151,11 @@ class Airbench(nn.Module):
     return 2 * WHITEN_PATCH_CHANNELS * self.whiten_kernel_size ** 2
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, whiten_bias_grad: bool = True):
     """x: normalised float images (b, 32, 32, 3). Returns float32 logits (b, K).
 
+    ``whiten_bias_grad=False`` (the bias is frozen for the rest of training)
+    stops the gradient at the whitening layer, so nothing of its backward runs.
     Sows (free unless the caller asks for the 'intermediates' collection) the
     pooled activation of each place in ``probes`` and the head's input
     'features' (b, widths[-1]).
@@ -156,9 +164,9 @@ class Airbench(nn.Module):
     if unknown:
       raise ValueError(f'Unknown probe places {unknown}; choose from {PROBE_PLACES}.')
 
-    def probe(place, activation, pool):
+    def probe(place, value, pool):
       if place in self.probes:
-        self.sow('intermediates', place, pool(activation))
+        self.sow('intermediates', place, pool(value))
 
     spatial_max = lambda a: a.max(axis=(1, 2))
     k = self.whiten_kernel_size
@@ -169,9 +177,11 @@ class Airbench(nn.Module):
                    (k, k, WHITEN_PATCH_CHANNELS, self.whiten_width))
     # Zero, as airbench94 (its Conv zeroes every bias): no init randomness here.
     b = self.param('whiten_bias', nn.initializers.zeros, (self.whiten_width,))
+    if not whiten_bias_grad:
+      b = jax.lax.stop_gradient(b)
     # Frozen filters: no kernel gradient to compute.
-    x = conv_lib.lax_conv(x, jax.lax.stop_gradient(w), 'VALID') + b.astype(self.dtype)
-    x = jax.nn.gelu(x, approximate=self.gelu_approximate)
+    x = layers.patch_conv(x, jax.lax.stop_gradient(w)) + b.astype(self.dtype)
+    x = activation(x, self.gelu_approximate)
     probe('whiten', x, lambda a: grid_pool(a, PROBE_GRID, jnp.max))
     for i, width in enumerate(self.widths):
       mid, x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
