@@ -110,3 +110,28 @@ def test_tta_level2_views_and_weights():
   want = [x, x[:, :, ::-1], up_left, up_left[:, :, ::-1], down_right, down_right[:, :, ::-1]]
   for (_, got), w in zip(views, want):
     np.testing.assert_array_equal(got, w)
+
+
+def test_train_batch_is_numpy_pad_crop_flip_normalize():
+  """The one-gather batch against the recipe spelled out in NumPy on floats."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(40, dtype=np.int32)
+  order = jnp.asarray(rng.permutation(40), jnp.int32)
+  key = jax.random.key(5)
+  for step in (0, 3, 5):  # epochs 0 and 1 (steps of 10 images, 4 per epoch)
+    x, y = augment.train_batch(images, labels, order, key, step, 4, 10, 2, 'alternating')
+    epoch, idx = step // 4, np.asarray(order)[(step % 4) * 10:(step % 4 + 1) * 10]
+    offsets = np.asarray(augment.crop_offsets(jax.random.fold_in(key, 1), jnp.asarray(idx),
+                                              epoch, 2))
+    flips = np.asarray(augment.flip_mask(jax.random.fold_in(key, 0), jnp.asarray(idx), epoch,
+                                         'alternating'))
+    floats = (images[idx] / 255.0 - np.array(data.CIFAR10_MEAN)) / np.array(data.CIFAR10_STD)
+    padded = np.pad(floats, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
+    for n in range(10):
+      a, b = offsets[n]
+      want = padded[n, a:a + 32, b:b + 32]
+      want = want[:, ::-1] if flips[n] else want
+      np.testing.assert_allclose(x[n], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, idx)
+    assert 0 < flips.sum() < 10
