@@ -48,6 +48,9 @@ def get_config(arg=None):
   c.data.holdout_size = 10_000
   c.data.train_size = config_dict.placeholder(int)  # None: every training image
   c.data.verify_checksums = True  # cifar10_binary: md5 of the known files
+  # A task on some classes only, e.g. (3, 5) = cat vs dog, relabelled 0, 1 in
+  # this order (train and test sets alike); () keeps all 10.
+  c.data.classes = ()
   # More evaluation sets, each analysed separately (distribution shift):
   # 'tfds:cifar10_1' (CIFAR-10.1 v6 through tfds) or 'binary:PATH' (CIFAR-10
   # binary records: a .bin file or a directory with test_batch.bin).

@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 KNOWN_KEYS = frozenset("""
 name variant seed num_models first_model_id overwrite
 data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
-data.extra_test_sets
+data.extra_test_sets data.classes
 model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
 model.bn_momentum model.head_scale model.gelu_approximate
 train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs
@@ -90,6 +90,11 @@ def check(config, known_keys=KNOWN_KEYS):
            f'model.widths must be three positive ints, got {c.model.widths!r}.')
   _require(c.train.epochs > 0, f'train.epochs must be > 0, got {c.train.epochs}.')
   _require(c.train.batch_size >= 2, f'train.batch_size must be >= 2, got {c.train.batch_size}.')
+  classes = tuple(c.data.classes)
+  _require(not classes or (len(classes) >= 2 and len(set(classes)) == len(classes)
+                           and all(isinstance(k, int) and 0 <= k <= 9 for k in classes)),
+           f'data.classes must be () or at least two distinct CIFAR-10 class ids in [0, 9], '
+           f'got {classes!r}.')
   _require(c.eval.tta_level in (0, 1, 2), f'eval.tta_level must be 0, 1 or 2, got '
            f'{c.eval.tta_level!r}.')
   _require(c.eval.batch_size >= 1, f'eval.batch_size must be >= 1, got {c.eval.batch_size}.')

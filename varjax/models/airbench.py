@@ -197,8 +197,9 @@ class Airbench(nn.Module):
 
 
 def from_config(model_config, dtype=jnp.float32, conv_weight_grad='xla', conv_grad_slice=16,
-                probes=()):
+                probes=(), num_classes=10):
   return Airbench(widths=tuple(model_config.widths), conv_weight_grad=conv_weight_grad,
+                  num_classes=num_classes,
                   conv_grad_slice=conv_grad_slice, probes=tuple(probes),
                   whiten_kernel_size=model_config.whiten_kernel_size,
                   bn_momentum=model_config.bn_momentum, bn_eps=model_config.bn_eps,
