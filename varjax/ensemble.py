@@ -22,14 +22,19 @@ Example:
   >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)  # doctest: +SKIP
 """
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from varjax import analysis
 from varjax import config_check
 from varjax import difficulty as difficulty_lib
+from varjax import memory_plan
 from varjax import optim
+from varjax import programs
 from varjax import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
@@ -57,49 +62,9 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def activation_bytes_per_model(widths, batch_size, whiten_width=24, dtype_bytes=4):
-  """Rough bytes one model's train step keeps for its backward pass.
-
-  Counts the maps of every conv group (pre-pool conv output, pooled, BN, GELU;
-  three tensors at the pre-pool size, four after) and doubles it for gradients
-  and XLA's temporaries. About 4.4 GB for airbench94 at batch 1024 in float32.
-  """
-  size, floats = 31, 31 * 31 * whiten_width
-  for width in widths:
-    floats += 3 * size * size * width
-    size //= 2
-    floats += 4 * size * size * width
-  return 2 * floats * batch_size * dtype_bytes
-
-
-def default_models_per_chunk(models_per_device, platform, memory_bytes=None,
-                             bytes_per_model=None):
-  """Largest divisor of the per-device model count not above the backend's target.
-
-  CPU: 4 (a few models per chunk lets XLA overlap independent models' small ops).
-  Accelerators: as many models as half the device memory holds by
-  ``activation_bytes_per_model`` when both are known, else 16.
-  """
-  if platform == 'cpu':
-    target = 4
-  elif memory_bytes and bytes_per_model:
-    target = max(1, int(0.5 * memory_bytes // bytes_per_model))
-  else:
-    target = 16
-  return max(d for d in range(1, min(target, models_per_device) + 1)
-             if models_per_device % d == 0)
-
-
-def device_memory_bytes(device):
-  """The device's memory limit, or None where the backend does not report it."""
-  try:
-    return (device.memory_stats() or {}).get('bytes_limit')
-  except Exception:  # pylint: disable=broad-except  (backends without memory_stats)
-    return None
-
-
 FORMULATIONS = ('auto', 'unrolled', 'vmap')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
 
 
 def resolve_formulation(formulation, platform):
@@ -192,9 +157,21 @@ def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
 
 
 class Ensemble:
-  """The compiled functions of an ensemble run and the arrays that parameterise them."""
+  """The programs of an ensemble run, and the arrays that parameterise them once placed.
 
-  def __init__(self, config, num_train, mesh=None):
+  The programs (init, orders, train step, evaluation outputs, analysis update)
+  are built from the config and the mesh alone, for any devices: real, fake
+  CPU, or compile-only (``varjax.aot``); ``programs.program(ens, name)`` gives
+  each one's jitted function with its abstract arguments. The model ids and
+  hyperparameters go onto the devices only when a program first runs.
+
+  ``memory_bytes``: per-device memory for choosing ``models_per_chunk``
+  (default: what the device reports). With ``ensemble.models_per_chunk`` unset
+  on an accelerator the chunk is fitted to the compiled train step
+  (``memory_plan.fit_models_per_chunk``).
+  """
+
+  def __init__(self, config, num_train, mesh=None, memory_bytes=None):
     self.config = config
     self.mesh = make_mesh() if mesh is None else mesh
     self.num_models = config.num_models
@@ -207,12 +184,23 @@ class Ensemble:
     per_device = self.num_models // num_devices
     platform = self.mesh.devices.flat[0].platform
     chunk = config.ensemble.models_per_chunk
+    if memory_bytes is None:
+      memory_bytes = memory_plan.device_memory_bytes(self.mesh.devices.flat[0])
+    self.memory_bytes = memory_bytes
+    if config.ensemble.compute_dtype not in COMPUTE_DTYPES:
+      raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
+                                     f'{tuple(COMPUTE_DTYPES)}, got '
+                                     f'{config.ensemble.compute_dtype!r}.')
+    self.compute_dtype = config.ensemble.compute_dtype
+    dtype_bytes = 2 if self.compute_dtype == 'bfloat16' else 4
+    # The rough formula's choice; on accelerators only the first guess.
+    self.formula_models_per_chunk = memory_plan.default_models_per_chunk(
+        per_device, platform, memory_bytes,
+        memory_plan.activation_bytes_per_model(config.model.widths, config.train.batch_size,
+                                               dtype_bytes=dtype_bytes))
+    fit = chunk is None and platform != 'cpu' and memory_bytes is not None
     if chunk is None:
-      dtype_bytes = 2 if config.ensemble.compute_dtype == 'bfloat16' else 4
-      chunk = default_models_per_chunk(
-          per_device, platform, device_memory_bytes(self.mesh.devices.flat[0]),
-          activation_bytes_per_model(config.model.widths, config.train.batch_size,
-                                     dtype_bytes=dtype_bytes))
+      chunk = self.formula_models_per_chunk
     if chunk < 1 or per_device % chunk:
       raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
                                      f'{per_device} models per device.')
@@ -225,11 +213,7 @@ class Ensemble:
       raise config_check.ConfigError(f'ensemble.chunk_loop must be one of {CHUNK_LOOPS}, '
                                      f'got {config.ensemble.chunk_loop!r}.')
     self.chunk_loop = resolve_chunk_loop(config.ensemble.chunk_loop, platform)
-    if config.ensemble.compute_dtype not in COMPUTE_DTYPES:
-      raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
-                                     f'{tuple(COMPUTE_DTYPES)}, got '
-                                     f'{config.ensemble.compute_dtype!r}.')
-    dtype = COMPUTE_DTYPES[config.ensemble.compute_dtype]
+    dtype = COMPUTE_DTYPES[self.compute_dtype]
     self.vary = tuple(config.randomness.vary)
     unknown = set(self.vary) - set(PURPOSES)
     if unknown:
@@ -253,13 +237,45 @@ class Ensemble:
                        if config.difficulty.forgetting else 0)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
-    shard = model_sharding(self.mesh)
-    self.ids = jax.device_put(self.model_ids, shard)
-    self.hparams = jax.device_put(sweep.model_hparams(config, self.num_models), shard)
+    self.model_hparams = sweep.model_hparams(config, self.num_models)  # host arrays
     self.groups = sweep.model_groups(config, self.num_models)
+    self._placed = None
     self._zeros = {}
-    self._compiled = {}
+    self._executables, self.compile_seconds = {}, {}
+    self.analysis_update = jax.jit(analysis.update, donate_argnums=0)
     self._build()
+    self.chunk_trials = {}
+    if fit:
+      self.models_per_chunk, self.chunk_trials = memory_plan.fit_models_per_chunk(
+          per_device, chunk, memory_bytes, self._train_step_bytes)
+      self._build()
+
+  def _train_step_bytes(self, chunk):
+    """(fixed, temporary) bytes per device of the train step compiled for ``chunk``."""
+    self.models_per_chunk = chunk
+    self._build()
+    try:
+      return memory_plan.compiled_bytes(self.compile('train_step'))
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' in str(e):  # the compiler's own out-of-memory
+        return None
+      raise
+
+  def _place(self):
+    """The model ids and hyperparameters on the devices (placed once, on first use)."""
+    if self._placed is None:
+      shard = model_sharding(self.mesh)
+      self._placed = (jax.device_put(self.model_ids, shard),
+                      jax.device_put(self.model_hparams, shard))
+    return self._placed
+
+  @property
+  def ids(self):
+    return self._place()[0]
+
+  @property
+  def hparams(self):
+    return self._place()[1]
 
   def _sharded(self, fn, num_per_model, num_shared):
     """shard_map(map_models(fn)): per-model args first (sharded), then shared ones."""
@@ -282,6 +298,7 @@ class Ensemble:
     return self.num_models // self.mesh.devices.size // self.models_per_chunk
 
   def _build(self):
+    self._compiled = {}
     plan, model, seed, vary = self.plan, self.model, self.seed, self.vary
     key = lambda purpose, model_id: model_key(seed, purpose, model_id, vary)
 
@@ -426,3 +443,41 @@ class Ensemble:
     """``state`` with each model's forgetting record updated by one epoch's probe correctness."""
     dynamics = self._per_model('probes', self._probe_one, 1, 2)(state, images, labels)
     return {**state, 'dynamics': dynamics}
+
+  def analysis_init(self, num_examples, num_classes, groups=None, analysis_config=None):
+    """Empty analysis accumulators (host-built) for evaluating every model on
+    ``num_examples`` examples; ``groups`` defaults to ``self.groups``."""
+    a = self.config.analysis if analysis_config is None else analysis_config
+    return analysis.init(
+        self.num_models, num_examples, num_classes, self.groups if groups is None else groups,
+        num_groups=int(self.groups.max()) + 1, num_bootstrap=a.num_bootstrap,
+        alpha_trim_resamples=a.alpha_trim_resamples, seed=a.seed,
+        margin_quantiles=tuple(a.margin_quantiles), prediction_depth=self.depth_k is not None,
+        feature_dim=self.model.widths[-1] if self.config.difficulty.normalized_margin else None)
+
+  def jitted(self, name, num_support=0):
+    """The jitted function of program ``name`` (``programs.PROGRAMS``; scan chunk loop).
+
+    ``num_support``: the prediction-depth support embeddings ``eval_outputs`` takes.
+    """
+    if self.chunk_loop != 'scan':
+      raise ValueError("Programs from abstract shapes follow the 'scan' chunk loop; set "
+                       "ensemble.chunk_loop='scan'.")
+    if name == 'eval_outputs':
+      return self._per_model('eval_outputs', self._outputs_one, 1 + num_support, 3)
+    return {'init': self._init, 'train_step': self._step,
+            'analysis_update': self.analysis_update}[name]
+
+  def compile(self, name, **kwargs):
+    """``programs.program(self, name, **kwargs)`` compiled for the mesh's devices.
+
+    Executables are kept per chunk size (fitting the chunk compiles the train
+    step); ``compile_seconds[name]``: the last compile's wall time.
+    """
+    key = (name, self.models_per_chunk, tuple(sorted(kwargs.items())))
+    if key not in self._executables:
+      start = time.perf_counter()
+      fn, args = programs.program(self, name, **kwargs)
+      self._executables[key] = fn.trace(*args).lower().compile()
+      self.compile_seconds[name] = time.perf_counter() - start
+    return self._executables[key]
