@@ -78,6 +78,16 @@ def test_scan_chunk_loop_computes_the_same_probes(four_models):
       np.testing.assert_array_equal(x, y)
 
 
+def test_grad_of_sum_formulation_trains_the_same_models(four_models):
+  # value_and_grad of the summed loss over a chunk's stacked parameters: each
+  # model's gradient is its own (models share nothing); only roundoff differs.
+  variables4, outputs4 = four_models
+  variables, outputs = run(4, models_per_chunk=2, **{'ensemble.formulation': 'grad_of_sum'})
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(variables4)):
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * max(np.abs(want).max(), 1e-3))
+  np.testing.assert_allclose(outputs['logits'], outputs4['logits'], rtol=1e-3, atol=1e-3)
+
+
 def test_models_differ_when_every_source_varies(four_models):
   _, outputs = four_models
   assert not np.allclose(outputs['logits'][0], outputs['logits'][1])

@@ -62,9 +62,16 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-FORMULATIONS = ('auto', 'unrolled', 'vmap')
+FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
+
+def resolve_compute_dtype(compute_dtype, platform):
+  """'auto': float32 on CPU, bfloat16 on accelerators (half the compiled step's
+  memory and traffic of float32 on H100 and v5e; BENCHMARKS.md)."""
+  if compute_dtype == 'auto':
+    return 'float32' if platform == 'cpu' else 'bfloat16'
+  return compute_dtype
 
 
 def resolve_formulation(formulation, platform):
@@ -96,16 +103,22 @@ def resolve_conv_weight_grad(conv_weight_grad, platform):
   return conv_weight_grad
 
 
-def run_chunk(fn, chunk, shared, formulation):
-  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0)."""
-  if formulation == 'vmap':
+def run_chunk(fn, chunk, shared, formulation, chunk_fn=None):
+  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0).
+
+  ``chunk_fn(chunk, *shared)``, when given, computes the whole chunk at once
+  (the 'grad_of_sum' train step); other programs vmap under 'grad_of_sum'.
+  """
+  if chunk_fn is not None:
+    return chunk_fn(chunk, *shared)
+  if formulation in ('vmap', 'grad_of_sum'):
     return jax.vmap(lambda m: fn(m, *shared))(chunk)
   c = jax.tree.leaves(chunk)[0].shape[0]
   outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
+def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
   """Applies ``fn(per_model_args, *shared)`` to every model of stacked pytrees.
 
   The first ``num_per_model`` arguments of the mapped function are stacked
@@ -114,7 +127,8 @@ def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   Scans over chunks of ``models_per_chunk`` models; within a chunk the calls
   are unrolled ('unrolled': each model's ops stay dense, bit-identical to the
   model run alone) or vectorised ('vmap': batched/grouped ops, faster on
-  accelerators, not guaranteed bit-identical to a lone model).
+  accelerators, not guaranteed bit-identical to a lone model); ``chunk_fn``
+  replaces both (``run_chunk``).
   """
 
   def mapped(*per_model_and_shared):
@@ -125,14 +139,15 @@ def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
       raise ValueError(f'{n} models per device is not a multiple of '
                        f'ensemble.models_per_chunk={c}.')
     chunks = jax.tree.map(lambda x: x.reshape((n // c, c) + x.shape[1:]), per_model)
-    _, out = jax.lax.scan(lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation)),
-                          None, chunks)
+    _, out = jax.lax.scan(
+        lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation, chunk_fn)),
+        None, chunks)
     return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
 
   return mapped
 
 
-def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
+def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
   """The body of a host loop over chunks: ``(outputs, chunk, *args) -> outputs``.
 
   ``num_per_model`` counts the stacked arguments after ``outputs``.
@@ -145,15 +160,16 @@ def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   """
   c = models_per_chunk
 
-  def chunk_fn(outputs, chunk, *per_model_and_shared):
+  def body(outputs, chunk, *per_model_and_shared):
     per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
     start = chunk * c
     take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)
-    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation)
+    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation,
+                    chunk_fn)
     put = lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o.astype(buf.dtype), start, 0)
     return jax.tree.map(put, outputs, out)
 
-  return chunk_fn
+  return body
 
 
 class Ensemble:
@@ -187,11 +203,11 @@ class Ensemble:
     if memory_bytes is None:
       memory_bytes = memory_plan.device_memory_bytes(self.mesh.devices.flat[0])
     self.memory_bytes = memory_bytes
-    if config.ensemble.compute_dtype not in COMPUTE_DTYPES:
+    if config.ensemble.compute_dtype not in tuple(COMPUTE_DTYPES) + ('auto',):
       raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
-                                     f'{tuple(COMPUTE_DTYPES)}, got '
+                                     f"{tuple(COMPUTE_DTYPES) + ('auto',)}, got "
                                      f'{config.ensemble.compute_dtype!r}.')
-    self.compute_dtype = config.ensemble.compute_dtype
+    self.compute_dtype = resolve_compute_dtype(config.ensemble.compute_dtype, platform)
     dtype_bytes = 2 if self.compute_dtype == 'bfloat16' else 4
     # The rough formula's choice; on accelerators only the first guess.
     self.formula_models_per_chunk = memory_plan.default_models_per_chunk(
@@ -277,16 +293,16 @@ class Ensemble:
   def hparams(self):
     return self._place()[1]
 
-  def _sharded(self, fn, num_per_model, num_shared):
+  def _sharded(self, fn, num_per_model, num_shared, chunk_fn=None):
     """shard_map(map_models(fn)): per-model args first (sharded), then shared ones."""
-    mapped = map_models(fn, self.models_per_chunk, num_per_model, self.formulation)
+    mapped = map_models(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
     specs = (P(MODELS),) * num_per_model + (P(),) * num_shared
     return jax.shard_map(mapped, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
                          check_vma=False)
 
-  def _sharded_chunk(self, fn, num_per_model, num_shared):
+  def _sharded_chunk(self, fn, num_per_model, num_shared, chunk_fn=None):
     """shard_map(update_chunk(fn)), jitted with the outputs donated."""
-    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation)
+    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
     specs = (P(MODELS), P()) + (P(MODELS),) * num_per_model + (P(),) * num_shared
     sharded = jax.shard_map(body, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
                             check_vma=False)
@@ -318,6 +334,15 @@ class Ensemble:
       state, hparams, model_id, order = per_model
       return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
 
+    step_chunk = None
+    if self.formulation == 'grad_of_sum':
+      grad_of_sum = step_lib.make_grad_of_sum_step(model, plan)
+
+      def step_chunk(per_model, images, labels, step):
+        state, hparams, model_ids, orders = per_model
+        keys = jax.vmap(lambda i: key('augment', i))(model_ids)
+        return grad_of_sum(state, hparams, keys, orders, images, labels, step)
+
     forward = step_lib.make_eval_forward(model, plan.tta_level)
     self._eval_one = lambda per_model, images: forward(
         step_lib.final_variables(per_model[0], plan), images)[0]
@@ -344,12 +369,13 @@ class Ensemble:
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
     if self.chunk_loop == 'scan':
       # The state (first argument) is donated: updated in place, no second copy.
-      self._step = jax.jit(self._sharded(step_one, 4, 3), donate_argnums=0)
+      self._step = jax.jit(self._sharded(step_one, 4, 3, step_chunk), donate_argnums=0)
     else:
       # outputs = (state, metrics); the state is read from the outputs slice.
-      step_chunk = lambda per_model, *shared: step_one(
-          (per_model[0][0],) + tuple(per_model[1:]), *shared)
-      self._step_chunk = self._sharded_chunk(step_chunk, 3, 3)
+      from_outputs = lambda per_model: (per_model[0][0],) + tuple(per_model[1:])
+      self._step_chunk = self._sharded_chunk(
+          lambda per_model, *shared: step_one(from_outputs(per_model), *shared), 3, 3,
+          step_chunk and (lambda chunk, *shared: step_chunk(from_outputs(chunk), *shared)))
 
   def _per_model(self, name, fn, num_per_model, num_shared):
     """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.
