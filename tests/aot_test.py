@@ -1,0 +1,53 @@
+"""Compile-only: the smoke ensemble's programs compiled for an H100 and a TPU v5e 2x2 slice.
+
+Needs the compiler plugins (``pip install -e '.[aot]'``, which .ci/run does);
+skipped without them. About 40 s on 2 cores, most of it the TPU compile.
+"""
+
+import pytest
+
+from varjax import aot
+from varjax import targets
+
+from conftest import load_experiment
+
+pytest.importorskip('jax_plugins.xla_cuda12', reason="needs pip install -e '.[aot]'")
+pytest.importorskip('libtpu', reason="needs pip install -e '.[aot]'")
+
+KEYS = {'target', 'program', 'num_devices', 'num_hosts', 'num_models', 'models_per_device',
+        'models_per_chunk', 'formulation', 'compute_dtype', 'compile_s', 'bytes_per_device',
+        'device_memory_bytes', 'fits', 'flops_per_step', 'bytes_accessed_per_step',
+        'roofline_step_s', 'compiler_estimate_s', 'runs_per_hour_bound', 'collectives',
+        'kernels'}
+
+
+def train_flops_per_image(widths):
+  """airbench's convs and head counted by hand: 2 x multiply-adds, forward + two
+  gradients, except the frozen 2x2 whitening conv (forward only)."""
+  whiten = 2 * 31 * 31 * 4 * 3 * 24
+  convs, size, c_in = 0, 31, 24
+  for width in widths:
+    convs += 2 * size * size * 9 * c_in * width  # at the pre-pool size
+    size //= 2
+    convs += 2 * size * size * 9 * width * width
+    c_in = width
+  return whiten + 3 * (convs + 2 * widths[-1] * 10)
+
+
+@pytest.mark.parametrize('target', ['h100', 'tpu-v5e:2x2'])
+def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
+  config = load_experiment('airbench', 'smoke')  # 4 models: 4 per GPU, 1 per v5e chip
+  programs = ('train_step', 'analysis_update')
+  records = {r['program']: r for r in aot.compile_programs(config, target, programs)}
+  step = records['train_step']
+  assert KEYS <= set(step) and step['num_devices'] == targets.get(target).num_devices
+  assert step['fits'] and step['bytes_per_device'] > 0
+  # The models are independent: any collective in the training step is a bug.
+  assert step['collectives'] == 0
+  kernels = step['kernels']
+  assert kernels['conv_forward'] > 0 and kernels['conv_backward_input'] > 0
+  assert kernels['conv_backward_filter'] > 0
+  per_model = train_flops_per_image(tuple(config.model.widths)) * config.train.batch_size
+  assert step['flops_per_step'] == pytest.approx(step['models_per_device'] * per_model, rel=0.02)
+  assert step['runs_per_hour_bound'] > 0
+  assert records['analysis_update']['fits']
