@@ -1,7 +1,7 @@
 """Compile-only: the smoke ensemble's programs compiled for an H100 and a TPU v5e 2x2 slice.
 
 Needs the compiler plugins (``pip install -e '.[aot]'``, which .ci/run does);
-skipped without them. About 40 s on 2 cores, most of it the TPU compile.
+skipped without them. 45 s wall, 23 s of CPU, on 2 shared cores.
 """
 
 import pytest
@@ -9,7 +9,7 @@ import pytest
 from varjax import aot
 from varjax import targets
 
-from conftest import load_experiment
+from conftest import tiny_config
 
 pytest.importorskip('jax_plugins.xla_cuda12', reason="needs pip install -e '.[aot]'")
 pytest.importorskip('libtpu', reason="needs pip install -e '.[aot]'")
@@ -36,7 +36,10 @@ def train_flops_per_image(widths):
 
 @pytest.mark.parametrize('target', ['h100', 'tpu-v5e:2x2'])
 def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
-  config = load_experiment('airbench', 'smoke')  # 4 models: 4 per GPU, 1 per v5e chip
+  # The smoke config, shrunk (tiny_config): the same program, compiled faster.
+  config = tiny_config(num_models=4)  # 4 per GPU, 1 per v5e chip
+  if target.startswith('tpu'):  # no chunk fitting: it compiles the TTA evaluation too (~40 s)
+    config.ensemble.models_per_chunk = 1
   programs = ('train_step', 'analysis_update')
   records = {r['program']: r for r in aot.compile_programs(config, target, programs)}
   step = records['train_step']
@@ -44,9 +47,13 @@ def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
   assert step['fits'] and step['bytes_per_device'] > 0
   # The models are independent: any collective in the training step is a bug.
   assert step['collectives'] == 0
+  # Real gradient kernels, not the map-sized forward windows that vmap's kernel
+  # gradients become under cuDNN (BENCHMARKS.md); cuDNN runs the input
+  # gradients of the default grad_of_sum as forward convs of flipped kernels.
   kernels = step['kernels']
-  assert kernels['conv_forward'] > 0 and kernels['conv_backward_input'] > 0
-  assert kernels['conv_backward_filter'] > 0
+  assert kernels['conv_forward'] > 0 and kernels['conv_backward_filter'] > 0
+  if target.startswith('tpu'):
+    assert kernels['conv_backward_input'] > 0
   per_model = train_flops_per_image(tuple(config.model.widths)) * config.train.batch_size
   assert step['flops_per_step'] == pytest.approx(step['models_per_device'] * per_model, rel=0.02)
   assert step['runs_per_hour_bound'] > 0

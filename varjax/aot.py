@@ -129,7 +129,8 @@ def compile_programs(config, target_name, names=programs.PROGRAMS, hlo_dir=None)
   for program in names:
     start = time.perf_counter()
     compiled = ens.compile(program, num_examples=num_test)
-    seconds = ens.compile_seconds.get(program, time.perf_counter() - start)
+    seconds = ens.compile_seconds.get((program, ens.models_per_chunk),
+                                      time.perf_counter() - start)
     if hlo_dir:
       os.makedirs(hlo_dir, exist_ok=True)
       with open(os.path.join(hlo_dir, f'{target.name}.{program}.hlo'.replace(':', '_')),

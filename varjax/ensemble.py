@@ -9,7 +9,12 @@ each device runs its own models in chunks of ``models_per_chunk``:
   function on CPU, where XLA runs convolutions inside loops ~10x slower;
 - within a chunk the models are 'unrolled' (each model's convolutions stay
   dense, bit-identical to the model run alone; ``vmap`` would make grouped
-  convolutions, ~40x slower on XLA:CPU) or 'vmap' (batched; for accelerators).
+  convolutions, ~40x slower on XLA:CPU), 'vmap' (batched; TPU's default) or
+  'grad_of_sum' (the forward vmapped, the gradient of the chunk's summed loss
+  taken outside the vmap: batched backward kernels; GPU's default).
+
+The programs are built from abstract shapes for any mesh (``programs.py``,
+``varjax.aot``); arrays are placed only when a program first runs.
 
 Independence: model ``first_model_id + k`` takes its init, data order and
 augmentation keys from ``(seed, id)`` alone (``model_key``), and nothing couples
@@ -75,9 +80,15 @@ def resolve_compute_dtype(compute_dtype, platform):
 
 
 def resolve_formulation(formulation, platform):
-  """'auto': unrolled on CPU (vmap's grouped convs are ~40x slower there), vmap elsewhere."""
+  """'auto': what the compilers' output favours (BENCHMARKS.md, "Formulations").
+
+  CPU: unrolled (vmap's grouped convs are ~40x slower on XLA:CPU). GPU:
+  grad_of_sum (cuDNN backward-filter kernels where vmap makes map-sized forward
+  windows; the least memory and traffic of the three). TPU: vmap (the least
+  traffic; the same memory as grad_of_sum; unrolled compiles ~4x longer).
+  """
   if formulation == 'auto':
-    return 'unrolled' if platform == 'cpu' else 'vmap'
+    return {'cpu': 'unrolled', 'gpu': 'grad_of_sum'}.get(platform, 'vmap')
   return formulation
 
 
@@ -183,8 +194,8 @@ class Ensemble:
 
   ``memory_bytes``: per-device memory for choosing ``models_per_chunk``
   (default: what the device reports). With ``ensemble.models_per_chunk`` unset
-  on an accelerator the chunk is fitted to the compiled train step
-  (``memory_plan.fit_models_per_chunk``).
+  on an accelerator the chunk is fitted to the compiled train step and
+  evaluation batch (``memory_plan.fit_models_per_chunk``).
   """
 
   def __init__(self, config, num_train, mesh=None, memory_bytes=None):
@@ -263,15 +274,18 @@ class Ensemble:
     self.chunk_trials = {}
     if fit:
       self.models_per_chunk, self.chunk_trials = memory_plan.fit_models_per_chunk(
-          per_device, chunk, memory_bytes, self._train_step_bytes)
+          per_device, chunk, memory_bytes, self._chunk_bytes)
       self._build()
 
-  def _train_step_bytes(self, chunk):
-    """(fixed, temporary) bytes per device of the train step compiled for ``chunk``."""
+  def _chunk_bytes(self, chunk):
+    """(fixed, temporary) bytes per device of the larger of the train step and the
+    evaluation batch (TTA views: more images per model than a training batch)
+    compiled for ``chunk``; None when the compiler runs out of memory."""
     self.models_per_chunk = chunk
     self._build()
     try:
-      return memory_plan.compiled_bytes(self.compile('train_step'))
+      return max((memory_plan.compiled_bytes(self.compile(name))
+                  for name in ('train_step', 'eval_outputs')), key=sum)
     except jax.errors.JaxRuntimeError as e:
       if 'RESOURCE_EXHAUSTED' in str(e):  # the compiler's own out-of-memory
         return None
@@ -498,12 +512,17 @@ class Ensemble:
     """``programs.program(self, name, **kwargs)`` compiled for the mesh's devices.
 
     Executables are kept per chunk size (fitting the chunk compiles the train
-    step); ``compile_seconds[name]``: the last compile's wall time.
+    step); ``compile_seconds[(name, models_per_chunk)]``: its compile wall time.
     """
-    key = (name, self.models_per_chunk, tuple(sorted(kwargs.items())))
+    # The same program whatever the kwargs that do not change it (eval: the batch).
+    shape = tuple(sorted(kwargs.items())) if name == 'analysis_update' else ()
+    if name == 'eval_outputs':
+      shape = min(self.config.eval.batch_size,
+                  kwargs.get('num_examples') or self.config.eval.batch_size)
+    key = (name, self.models_per_chunk, shape)
     if key not in self._executables:
       start = time.perf_counter()
       fn, args = programs.program(self, name, **kwargs)
       self._executables[key] = fn.trace(*args).lower().compile()
-      self.compile_seconds[name] = time.perf_counter() - start
+      self.compile_seconds[name, self.models_per_chunk] = time.perf_counter() - start
     return self._executables[key]

@@ -1,10 +1,11 @@
 """How many models per chunk fit on a device: a first guess, then what the compiler says.
 
 The rough formula (``activation_bytes_per_model``) only seeds the search. On an
-accelerator ``fit_models_per_chunk`` compiles the training step for a chunk size,
-reads the executable's memory (arguments, outputs and temporaries per device),
-and moves to the largest chunk that the measured bytes per model predict will
-fit, compiling again to confirm (BENCHMARKS.md tabulates formula vs compiled).
+accelerator ``fit_models_per_chunk`` compiles the programs for a chunk size (the
+Ensemble measures its training step and evaluation batch), reads the
+executables' memory (arguments, outputs and temporaries per device), and moves
+to the largest chunk that the measured bytes per model predict will fit,
+compiling again to confirm (BENCHMARKS.md tabulates formula vs compiled).
 
 Example:
   >>> guess = default_models_per_chunk(64, 'gpu', 80e9, 4.4e9)
@@ -80,15 +81,15 @@ def compiled_bytes(compiled):
 
 def fit_models_per_chunk(models_per_device, guess, memory_bytes, measure, budget=MEMORY_BUDGET,
                          max_compiles=4):
-  """The largest chunk size whose compiled step fits ``budget * memory_bytes``.
+  """The largest chunk size whose compiled programs fit ``budget * memory_bytes``.
 
   Args:
     models_per_device: the chunk size divides it.
     guess: where to start (``default_models_per_chunk``).
     memory_bytes: the device's memory.
-    measure: measure(chunk) -> (fixed bytes, temporary bytes) of the step
-      compiled for that chunk size (``compiled_bytes``), or None when the
-      compiler refused it for lack of memory.
+    measure: measure(chunk) -> (fixed bytes, temporary bytes) of the programs
+      compiled for that chunk size (``compiled_bytes`` of the largest), or None
+      when the compiler refused them for lack of memory.
     budget: the share of ``memory_bytes`` the step may use.
     max_compiles: most chunk sizes to compile.
 
