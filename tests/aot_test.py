@@ -6,7 +6,7 @@ skipped without them. 45 s wall, 23 s of CPU, on 2 shared cores.
 
 import pytest
 
-from varjax import aot
+from varjax import plan
 from varjax import targets
 
 from conftest import tiny_config
@@ -41,7 +41,7 @@ def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
   if target.startswith('tpu'):  # no chunk fitting: it compiles the TTA evaluation too (~40 s)
     config.ensemble.models_per_chunk = 1
   programs = ('train_step', 'analysis_update')
-  records = {r['program']: r for r in aot.compile_programs(config, target, programs)}
+  records = {r['program']: r for r in plan.compile_programs(config, target, programs)}
   step = records['train_step']
   assert KEYS <= set(step) and step['num_devices'] == targets.get(target).num_devices
   assert step['fits'] and step['bytes_per_device'] > 0

@@ -225,7 +225,6 @@ class Ensemble:
         per_device, platform, memory_bytes,
         memory_plan.activation_bytes_per_model(config.model.widths, config.train.batch_size,
                                                dtype_bytes=dtype_bytes))
-    fit = chunk is None and platform != 'cpu' and memory_bytes is not None
     if chunk is None:
       chunk = self.formula_models_per_chunk
     if chunk < 1 or per_device % chunk:
@@ -272,7 +271,9 @@ class Ensemble:
     self.analysis_update = jax.jit(analysis.update, donate_argnums=0)
     self._build()
     self.chunk_trials = {}
-    if fit:
+    # Fitted by compiling the programs (scan chunk loop) where memory is the limit.
+    if (config.ensemble.models_per_chunk is None and platform != 'cpu'
+        and memory_bytes is not None and self.chunk_loop == 'scan'):
       self.models_per_chunk, self.chunk_trials = memory_plan.fit_models_per_chunk(
           per_device, chunk, memory_bytes, self._chunk_bytes)
       self._build()
@@ -348,14 +349,14 @@ class Ensemble:
       state, hparams, model_id, order = per_model
       return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
 
-    step_chunk = None
-    if self.formulation == 'grad_of_sum':
-      grad_of_sum = step_lib.make_grad_of_sum_step(model, plan)
+    grad_of_sum = step_lib.make_grad_of_sum_step(model, plan)
 
-      def step_chunk(per_model, images, labels, step):
-        state, hparams, model_ids, orders = per_model
-        keys = jax.vmap(lambda i: key('augment', i))(model_ids)
-        return grad_of_sum(state, hparams, keys, orders, images, labels, step)
+    def chunk_step(per_model, images, labels, step):  # a whole chunk in one gradient
+      state, hparams, model_ids, orders = per_model
+      keys = jax.vmap(lambda i: key('augment', i))(model_ids)
+      return grad_of_sum(state, hparams, keys, orders, images, labels, step)
+
+    step_chunk = chunk_step if self.formulation == 'grad_of_sum' else None
 
     forward = step_lib.make_eval_forward(model, plan.tta_level)
     self._eval_one = lambda per_model, images: forward(

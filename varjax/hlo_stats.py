@@ -241,8 +241,8 @@ def analyze(hlo_text):
       if inst.opcode == 'convolution' or (inst.opcode == 'custom-call'
                                           and inst.attr('custom_call_target') in CUDNN_KINDS):
         flops += conv_flops(inst, shapes)
-      elif inst.opcode == 'dot' or (inst.opcode == 'custom-call'
-                                    and 'gemm' in (inst.attr('custom_call_target') or '')):
+      elif inst.opcode == 'dot' or (inst.opcode == 'custom-call' and re.search(
+          r'gemm|matmul', inst.attr('custom_call_target') or '')):  # cuBLAS / cuBLASLt
         flops += dot_flops(inst, shapes)
       if top_level and inst.opcode not in NO_TRAFFIC:
         traffic += op_traffic(inst, shapes, computations)
