@@ -107,7 +107,8 @@ def main(argv):
   widths = tuple(base.model.widths)
   batch = base.train.batch_size
   num_train = batch * (_STEPS.value + 2)
-  dtype = ensemble_lib.COMPUTE_DTYPES[base.ensemble.compute_dtype]
+  compute_dtype = ensemble_lib.resolve_compute_dtype(base.ensemble.compute_dtype, backend)
+  dtype = ensemble_lib.COMPUTE_DTYPES[compute_dtype]
   peak = matmul_peak_flops(dtype)
   flops = train_flops_per_image(widths)
   epoch_images = base.data.train_size or 50_000
@@ -130,7 +131,7 @@ def main(argv):
           'backend': backend, 'device': jax.devices()[0].device_kind,
           'num_devices': jax.device_count(), 'num_models': n,
           'formulation': ens.formulation, 'models_per_chunk': ens.models_per_chunk,
-          'compute_dtype': base.ensemble.compute_dtype, 'widths': widths, 'batch_size': batch,
+          'compute_dtype': compute_dtype, 'widths': widths, 'batch_size': batch,
           'compile_s': round(compile_s, 2), 'step_s': round(seconds, 4),
           'ensemble_model_images_per_s': round(throughput, 1),
           'sequential_model_images_per_s': sequential and round(sequential, 1),
