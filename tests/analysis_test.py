@@ -316,6 +316,31 @@ def test_calibrated_ensemble_disagreement_equals_error():
     assert abs(res['mean_disagreement'][0] - res['mean_error'][0]) <= res['cace'][0] + 1e-6
 
 
+def test_calibrated_binary_std_predicts_the_test_set_std():
+  # Theorem 3 of the variance study: labels drawn from each example's vote
+  # fraction q (calibration) and predictions drawn independently from q give a
+  # test-set variance of err / (2n).
+  rng = np.random.default_rng(11)
+  num_models, n = 400, 2000
+  q = rng.beta(0.6, 0.6, n)                                  # P(class 1 | x)
+  labels = (rng.random(n) < q).astype(np.int32)
+  pred = (rng.random((num_models, n)) < q).astype(np.int32)
+  logits = np.eye(2, dtype=np.float32)[pred] * 4
+  r = to_numpy(analysis.analyze(jnp.asarray(logits), jnp.asarray(labels),
+                                alpha_trim_resamples=2))
+  err = r['mean_error'][0]
+  np.testing.assert_allclose(r['calibrated_binary_std'][0], np.sqrt(err / (2 * n)), rtol=1e-6)
+  np.testing.assert_allclose(err, np.mean(2 * q * (1 - q)), atol=0.01)
+  low, high = r['std_accuracy_ci'][0]
+  assert low < r['calibrated_binary_std'][0] < high           # the observed std's 95% CI
+  lo, hi = r['calibrated_binary_std_ci'][0]
+  assert lo < r['calibrated_binary_std'][0] < hi and hi - lo < 0.05 * r['calibrated_binary_std'][0]
+  # Ten classes: no such prediction.
+  ten = to_numpy(analysis.analyze(jnp.asarray(bernoulli_logits(pred == labels, labels, 10)),
+                                  jnp.asarray(labels), alpha_trim_resamples=2))
+  assert 'calibrated_binary_std' not in ten
+
+
 def test_trimmed_distance_at_zero_is_two_sample_ks():
   rng = np.random.default_rng(7)
   x, y = rng.normal(0, 1, 40), rng.normal(0.3, 1.2, 55)

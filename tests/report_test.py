@@ -76,3 +76,19 @@ def test_table_formats_and_marks_missing_values():
   assert header[-2:] == ['seeds/arm for 0.1pp', 'seeds/arm for 0.5pp']
   assert rows[0][-2:] == ['1570 (393 .. 6280)', '63 (16 .. 252)']
   assert rows[1][-2:] == ['n/a', 'n/a']
+
+
+@needs_shared_data
+def test_two_class_run_reports_the_calibrated_binary_prediction(tmp_path):
+  # cat vs dog through the CLI: two-class data, model and analysis, and Theorem 3's column.
+  proc = run_main(tmp_path, '--config.data.classes=(3, 5)', '--config.num_models=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  labels = np.load(tmp_path / 'per_example.npz')['labels']
+  assert set(labels.tolist()) == {0, 1} and summary['num_test'] == len(labels)
+  group = summary['groups'][0]
+  np.testing.assert_allclose(group['calibrated_binary_std'],
+                             np.sqrt(group['mean_error'] / (2 * len(labels))), rtol=1e-5)
+  report.write_report(str(tmp_path))
+  text = (tmp_path / 'report.md').read_text()
+  assert 'calibrated binary std' in text and "Theorem 3" in text

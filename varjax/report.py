@@ -49,6 +49,11 @@ COLUMNS = (  # (summary key, header, format)
     ('ensemble_accuracy_vote', 'ens. acc (vote)', '{:.2%}'),
     ('ensemble_accuracy_softmax', 'ens. acc (softmax)', '{:.2%}'),
 )
+# Shown when some group has them: Theorem 3's prediction for two classes.
+OPTIONAL_COLUMNS = (
+    ('calibrated_binary_std', 'calibrated binary std', '{:.3%}'),
+    ('calibrated_binary_std_ci', 'calibrated binary std 95% CI', CI),
+)
 AXIS_LABELS = {'lr': 'learning rate (decoupled units, per 1024 examples)',
                'lr_multiplier': 'learning rate / airbench default',
                'weight_decay': 'weight decay (decoupled units)',
@@ -98,18 +103,25 @@ def seeds_headers(summary):
   return [f'seeds/arm for {100 * d:g}pp' for d in summary.get('seeds_needed_deltas', [])]
 
 
+def table_columns(groups):
+  """COLUMNS, then the OPTIONAL_COLUMNS some group has."""
+  return COLUMNS + tuple(c for c in OPTIONAL_COLUMNS
+                         if any(g.get(c[0]) is not None for g in groups))
+
+
 def table_rows(summary, groups=None):
   """Header and rows of the table (strings), one row per group (default: the main test set's)."""
   groups = summary['groups'] if groups is None else groups
   keys = swept_keys(groups)
   seeds = seeds_headers(summary)
-  header = ['group'] + keys + [h for _, h, _ in COLUMNS] + seeds
+  columns = table_columns(groups)
+  header = ['group'] + keys + [h for _, h, _ in columns] + seeds
   rows = []
   for g in groups:
     row = [g.get('name', str(g['group']))]
     row += [f"{g['values'][k]:.4g}" if isinstance(g['values'].get(k), float)
             else str(g['values'].get(k, '')) for k in keys]
-    row += [_fmt(g.get(key), fmt) for key, _, fmt in COLUMNS]
+    row += [_fmt(g.get(key), fmt) for key, _, fmt in columns]
     needed, ci = g.get('seeds_needed') or [None] * len(seeds), g.get('seeds_needed_ci')
     row += [_seeds(needed[d], ci[d] if ci else None) for d in range(len(seeds))]
     rows.append(row)
@@ -128,7 +140,10 @@ NOTES = (
     'softmax) and mean softmax of all the group\'s models; seeds/arm: seeds per arm for a '
     'two-arm comparison to detect that accuracy difference with power {power:g} at level '
     '{alpha:g} (two-sided), n = 2 (z_(1-alpha/2) + z_power)^2 std^2 / difference^2, in '
-    'brackets at the ends of the std CI.')
+    'brackets at the ends of the std CI.{binary}')
+BINARY_NOTE = (' Calibrated binary std: sqrt(error / (2 n)), the test-set std that class-calibrated '
+               'two-class models with independent errors have (the study\'s Theorem 3); its CI '
+               'propagates the mean error\'s normal CI.')
 
 
 def write_markdown(summary, path, per_example=None):
@@ -138,8 +153,10 @@ def write_markdown(summary, path, per_example=None):
            f"({summary.get('test_set', '')})", '',
            '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  binary = any(g.get('calibrated_binary_std') is not None for g in summary['groups'])
   lines += ['', NOTES.format(power=summary.get('seeds_needed_power', 0.8),
-                             alpha=summary.get('seeds_needed_alpha', 0.05)), '']
+                             alpha=summary.get('seeds_needed_alpha', 0.05),
+                             binary=BINARY_NOTE if binary else ''), '']
   for extra in summary.get('extra_test_sets', []):
     header, rows = table_rows(summary, extra['groups'])
     lines += [f"## Distribution shift: {extra['name']} ({extra['num_test']} images)", '',
@@ -214,7 +231,7 @@ def difficulty_plots(summary, per_example):
 def write_csv(summary, path):
   groups = summary['groups']
   keys = swept_keys(groups)
-  metric_keys = [k for k, _, fmt in COLUMNS if fmt != CI]
+  metric_keys = [k for k, _, fmt in table_columns(groups) if fmt != CI]
   deltas = summary.get('seeds_needed_deltas', [])
   seeds = [f'seeds_needed_{d:g}{end}' for d in deltas for end in ('', '_low', '_high')]
   with open(path, 'w', newline='') as f:
@@ -274,6 +291,8 @@ def plot_all(summary, per_example, workdir):
   ax.fill_between(x[order], dist_ci[:, 0], dist_ci[:, 1], alpha=0.2, color=line.get_color())
   if log:
     ax.set_xscale('log', base=2)
+  if xlabel == 'group':  # nothing numeric was swept: name the points
+    ax.set_xticks(x[order], np.array(names)[order], rotation=20, fontsize=8)
   ax.set_xlabel(AXIS_LABELS.get(xlabel, xlabel))
   ax.set_ylabel('std of accuracy over seeds (percentage points)')
   ax.set_title('Run-to-run variation per group')
@@ -287,10 +306,16 @@ def plot_all(summary, per_example, workdir):
 
   fig, ax = plt.subplots(figsize=(5, 5))
   ind, obs = pct('independent_std'), pct('std_accuracy')
-  ax.scatter(ind, obs)
+  ci = band('std_accuracy_ci')
+  ax.errorbar(ind, obs, yerr=np.abs(ci - obs[:, None]).T, fmt='o', capsize=3,
+              label='observed std (95% CI) against independent-error std')
+  if any(g.get('calibrated_binary_std') is not None for g in groups):
+    binary = pct('calibrated_binary_std')
+    ax.errorbar(binary, obs, yerr=np.abs(ci - obs[:, None]).T, fmt='x', capsize=3,
+                label='observed std against Theorem 3 (calibrated binary)')
   for xi, yi, name in zip(ind, obs, np.array(names)[order]):
     ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords='offset points')
-  finite = np.concatenate([ind, obs])
+  finite = np.concatenate([ind, obs, ci.ravel()])
   finite = finite[np.isfinite(finite)]
   top = 1.1 * finite.max() if finite.size else 1.0
   ax.plot([0, top], [0, top], 'k--', lw=1, label='observed = independent')

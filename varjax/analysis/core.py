@@ -28,7 +28,8 @@ PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_c
                   'mean_disagreement', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
                   'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'ensemble_sizes',
                   'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax',
-                  'seeds_needed', 'seeds_needed_ci', 'margin_quantile_accuracy_corr',
+                  'seeds_needed', 'seeds_needed_ci', 'calibrated_binary_std',
+                  'calibrated_binary_std_ci', 'margin_quantile_accuracy_corr',
                   'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
                   'depth_accuracy_corr')
 PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std')
@@ -36,7 +37,8 @@ PAIRWISE_KEYS = ('churn', 'error_kappa')
 # Per model and example (N, n).
 PER_MODEL_EXAMPLE_KEYS = ('margin', 'normalized_margin', 'prediction_depth')
 # Present only when the analysis state accumulates them (init's switches).
-OPTIONAL_KEYS = ('normalized_margin_quantiles', 'mean_depth',
+OPTIONAL_KEYS = ('calibrated_binary_std', 'calibrated_binary_std_ci',
+                 'normalized_margin_quantiles', 'mean_depth',
                  'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
                  'depth_accuracy_corr', 'depth_mean', 'depth_std', 'normalized_margin',
                  'prediction_depth')
@@ -124,6 +126,9 @@ def finalize(state):
       'margin': state['margin'],
       **pair,
   }
+  if state['votes'].shape[-1] == 2:  # two classes: the study's Theorem 3
+    results['calibrated_binary_std'], results['calibrated_binary_std_ci'] = (
+        variance.calibrated_binary_std(spread['mean_error'], spread['std_accuracy'], size, n))
   normalized = None
   if 'feature_margin' in state:
     normalized = difficulty.normalized_margin(state['feature_margin'], state['feature_sum'],

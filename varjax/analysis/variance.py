@@ -140,3 +140,26 @@ def variance_stats(acc, acc_even, acc_odd, member, group_correct, table):
       'mean_error': 1 - mean,
       'example_accuracy': p,
   }
+
+
+def calibrated_binary_std(mean_error, std_accuracy, group_size, n, level=CI_LEVEL):
+  """Theorem 3 of the variance study for two classes: the test-set std that
+  class-calibrated binary classifiers with independent errors have, predicted
+  from their mean error alone, sqrt(err / (2n)), with an interval.
+
+  Calibration makes each example's correctness variance p_i (1 - p_i) average
+  err / 2 over examples (a random run errs on x with probability 2 q (1 - q)
+  when P(y = 1 | vote fraction q) = q), so the independent-error variance is
+  err / (2n); distribution-wise variance adds on top (SPEC §2). The interval
+  propagates the normal interval of the mean error over the group's models.
+
+  Returns ((G,) std, (G, 2) interval).
+
+  Example:
+    >>> calibrated_binary_std(jnp.array([0.2]), jnp.array([0.01]), jnp.array([16.]), 2000)  # doctest: +SKIP
+  """
+  z = float(scipy_stats.norm.ppf(0.5 + level / 2))
+  half = z * std_accuracy / jnp.sqrt(group_size)
+  predict = lambda err: jnp.sqrt(jnp.clip(err, 0, 1) / (2 * n))
+  interval = jnp.stack([predict(mean_error - half), predict(mean_error + half)], -1)
+  return predict(mean_error), _nan_below_two(interval, group_size[:, None])
