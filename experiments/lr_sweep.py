@@ -9,7 +9,8 @@ point is one analysis group.
 
 Variants:
   (none)  13 points x 64 seeds = 832 airbench94 models; an accelerator host.
-  cpu     5 points (1/8 .. 2x) x 8 seeds of the narrow CPU model; minutes.
+  cpu     5 points (1/8 .. 2x) x 48 seeds of the narrow CPU model: enough to place
+          the lowest-std point (tens of minutes on 2 CPU cores).
   smoke   2 points x 2 seeds of a tiny model; seconds, for tests.
 
 Example:
@@ -35,7 +36,7 @@ def get_config(arg=None):
     c.sweep.seeds_per_point = 64
   elif variant == 'cpu':
     c.sweep.lr_multipliers = (0.125, 0.25, 0.5, 1.0, 2.0)
-    c.sweep.seeds_per_point = 8
+    c.sweep.seeds_per_point = 48
   else:
     c.sweep.lr_multipliers = (0.5, 2.0)
     c.sweep.seeds_per_point = 2

@@ -1,0 +1,41 @@
+"""Every committed experiment file and variant loads and passes the config check."""
+
+import pytest
+
+from varjax import config_check
+from varjax import config_files
+
+from conftest import REPO
+
+CONFIGS = {'airbench.py': ('', 'cpu', 'smoke'), 'lr_sweep.py': ('', 'cpu', 'smoke'),
+           'binary.py': ('cpu', 'smoke')}
+SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'smoke'),
+          'randomness_sweep.py': ('cpu', 'smoke')}
+
+
+@pytest.mark.parametrize('name,variant', [(n, v) for n, vs in CONFIGS.items() for v in vs])
+def test_config_variants_pass_the_check(name, variant):
+  config = config_files.load_config(f"{REPO / 'experiments' / name}:{variant}")
+  config_check.check(config)
+
+
+@pytest.mark.parametrize('name,variant', [(n, v) for n, vs in SWEEPS.items() for v in vs])
+def test_sweep_points_pass_the_check(name, variant):
+  points = config_files.load_module(str(REPO / 'experiments' / name)).get_sweep(variant or None)
+  assert len({p['name'] for p in points}) == len(points) >= 2
+  for point in points:
+    config_check.check(point['config'])
+
+
+def test_randomness_sweep_varies_one_source_per_point():
+  points = config_files.load_module(str(REPO / 'experiments' / 'randomness_sweep.py')).get_sweep(
+      'cpu')
+  varies = {p['values']['varies']: tuple(p['config'].randomness.vary) for p in points}
+  assert varies == {'init': ('init',), 'order': ('order',), 'augment': ('augment',),
+                    'all': ('init', 'order', 'augment')}
+  assert len({p['config'].train.epochs for p in points}) == 1  # one training length
+
+
+def test_unknown_variants_are_named():
+  with pytest.raises(ValueError, match='binary.py'):
+    config_files.load_config(f"{REPO / 'experiments' / 'binary.py'}:nope")
