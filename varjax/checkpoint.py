@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging as std_logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -95,10 +96,17 @@ class Checkpointer:
     return end_of_epoch
 
   def save(self, steps_done, state, totals):
-    """Starts saving (async where enabled); earlier saves get their manifests."""
+    """Starts saving (async where enabled); earlier saves get their manifests.
+
+    Returns the seconds the caller waited for the checkpoint, not counting the
+    wait for ``state`` itself to be computed (steps are dispatched ahead).
+    """
+    jax.block_until_ready((state, totals))
+    start = time.perf_counter()
     self._write_manifests()
     self.manager.save(steps_done, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), totals=ocp.args.StandardSave(totals)))
+    return time.perf_counter() - start
 
   def _write_manifests(self):
     """Checksums of every step orbax has finalised; drops those of deleted steps.

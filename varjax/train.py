@@ -199,6 +199,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
     orders = ens.orders(epoch)
     if done <= steps[0]:
       totals = zeros()  # a fresh epoch; otherwise the restored epoch's running totals
+    checkpoint_waits = []
     for step in steps:
       if step < done:
         continue
@@ -211,7 +212,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
                                                for k, v in to_host(metrics).items()})
       if ckpt.should_save(step + 1, step == steps[-1], plan.total_steps):
-        ckpt.save(step + 1, state, totals)
+        checkpoint_waits.append(ckpt.save(step + 1, state, totals))
     done = steps[-1] + 1
     last = jax.tree.map(lambda t: t / len(steps), to_host(totals))  # waits for the epoch
     seconds = time.perf_counter() - start
@@ -222,10 +223,15 @@ def train_and_evaluate(config, workdir, progress_desc=None):
                    last['accuracy'].mean(), ens.num_models)
     writer.write(steps[-1] + 1, epoch=epoch + 1, epoch_seconds=seconds,
                  train_loss=float(last['loss'].mean()),
-                 train_accuracy=float(last['accuracy'].mean()))
+                 train_accuracy=float(last['accuracy'].mean()),
+                 checkpoints_saved=len(checkpoint_waits),
+                 checkpoint_wait_seconds=sum(checkpoint_waits),
+                 checkpoint_wait_max_seconds=max(checkpoint_waits, default=0.0))
 
   progress.close()
+  start = time.perf_counter()
   ckpt.close()
+  close_seconds = time.perf_counter() - start
   diverged = to_host(state['diverged_at'])
   for k in np.flatnonzero(diverged >= 0):
     logging.warning('model %d diverged at step %d: frozen there, excluded from its group',
@@ -264,7 +270,8 @@ def train_and_evaluate(config, workdir, progress_desc=None):
                  extra[-1][2]['accuracy'].mean())
   eval_time = time.perf_counter() - start
   writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
-               test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time)
+               test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time,
+               checkpoint_close_seconds=close_seconds)
   writer.close()
 
   run_info = {'name': config.name, 'variant': config.variant, 'seed': config.seed,
