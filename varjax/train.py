@@ -93,6 +93,18 @@ def prepare_workdir(workdir, config, write=True):
   os.replace(config_path + '.tmp', config_path)
 
 
+def rewritten_on_resume(record, done, total_steps):
+  """Whether a run resumed after ``done`` steps writes metrics ``record`` again.
+
+  It writes every record after step ``done``; resumed at the very end, it
+  re-enters the last epoch and writes its epoch and final records again.
+  """
+  step = record.get('step', total_steps + 1)
+  if step != done:
+    return step > done
+  return done == total_steps and ('epoch_seconds' in record or 'test_accuracy_mean' in record)
+
+
 def host_gatherer(mesh):
   """Returns to_host(tree) -> NumPy: gathers arrays sharded over all processes' devices."""
   gather = jax.jit(lambda tree: tree, out_shardings=ensemble_lib.replicated(mesh))
@@ -186,6 +198,8 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   done, state, totals = ckpt.restore_latest(state, zeros())
+  if is_writer:  # records of the steps this run repeats, and any half-written line
+    writers.keep_records(workdir, lambda r: not rewritten_on_resume(r, done, plan.total_steps))
   writer = writers.MetricWriter(workdir) if is_writer else writers.NullWriter()
   progress = progress_lib.Progress(plan.total_steps, ens.num_models * plan.batch_size,
                                    done=done, desc=progress_desc or config.name,
@@ -347,7 +361,6 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
                     'forgetting_accuracy_corr': _json_value(
                         dynamics['forgetting_accuracy_corr'][g])}
                    for g in range(len(summary['groups']))]}
-  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS if k in results}
   if 'prediction_depth' in arrays:
     arrays['prediction_depth'] = arrays['prediction_depth'].astype(np.int8)
@@ -358,8 +371,13 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
     arrays[f'{name}/labels'] = np.asarray(labels)
     arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS
                    if k in r})
-  np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
-                      groups=np.asarray(ens.groups), **arrays)
+  # Atomic, and summary.json last: it marks the run finished.
+  npz = os.path.join(workdir, PER_EXAMPLE_FILE)
+  with open(npz + '.tmp', 'wb') as f:
+    np.savez_compressed(f, labels=np.asarray(test_labels), groups=np.asarray(ens.groups),
+                        **arrays)
+  os.replace(npz + '.tmp', npz)
+  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   return summary
 
 
