@@ -1,5 +1,9 @@
 """Checkpoints: exact round trip, corruption and config changes detected, divergence masked,
-resume on another device count, a full disk or read-only workdir. About 30 s on 2 cores."""
+resume on another device count, a full disk or read-only workdir.
+
+On the 2-core VM at load average 8: the resume on 4 devices 50 s (it compiles the step for
+two meshes), the divergence test 75 s, the rest under 1 s each.
+"""
 
 import contextlib
 import errno

@@ -208,10 +208,11 @@ class Checkpointer:
 
   def _write_error(self, error, what='a checkpoint'):
     """CheckpointError for a failed write, once orbax's other writes have stopped."""
-    try:  # a failed save leaves orbax's other writes of it running
-      self.manager.close()
-    except Exception:  # pylint: disable=broad-except  (it re-raises the failure)
-      pass
+    if jax.process_count() == 1:  # (with more, closing would wait at barriers)
+      try:  # a failed save leaves orbax's other writes of it running
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  (it re-raises the failure)
+        pass
     if self._hasher is not None:
       self._hasher.shutdown(cancel_futures=True)
     return CheckpointError(
