@@ -48,6 +48,9 @@ def get_config(arg=None):
   c.data.holdout_size = 10_000
   c.data.train_size = config_dict.placeholder(int)  # None: every training image
   c.data.verify_checksums = True  # cifar10_binary: md5 of the known files
+  # A task on some classes only, e.g. (3, 5) = cat vs dog, relabelled 0, 1 in
+  # this order (train and test sets alike); () keeps all 10.
+  c.data.classes = ()
   # More evaluation sets, each analysed separately (distribution shift):
   # 'tfds:cifar10_1' (CIFAR-10.1 v6 through tfds) or 'binary:PATH' (CIFAR-10
   # binary records: a .bin file or a directory with test_batch.bin).
@@ -94,20 +97,31 @@ def get_config(arg=None):
   c.eval.batch_size = 1000  # test images per model per evaluation batch
 
   c.analysis = ml_collections.ConfigDict()
-  c.analysis.num_bootstrap = 1000  # resamples of models: 95% CI of each group's std
   c.analysis.alpha_trim_resamples = 100  # resamples of the test set for alpha_trim
-  c.analysis.seed = 0  # of both bootstraps (not of the models)
+  c.analysis.seed = 0  # of the alpha-trim resamples and ensemble subsets (not of the models)
   # Per-model quantiles of the true-class margin (and normalized margin).
   c.analysis.margin_quantiles = (0.1, 0.25, 0.5, 0.75, 0.9)
+  # Accuracy against ensemble size (1, 2, 4, ..., group size): random subsets of
+  # a group's models averaged per size (all subsets when there are fewer).
+  c.analysis.ensemble_subsets = 16
+  # Seeds per arm for a two-arm comparison to detect these accuracy differences
+  # (fractions: 0.1, 0.2, 0.5 percentage points) at this power and level.
+  c.analysis.seeds_needed_deltas = (0.001, 0.002, 0.005)
+  c.analysis.seeds_needed_power = 0.8
+  c.analysis.seeds_needed_alpha = 0.05
 
   # Example difficulty (varjax/difficulty.py); each switch costs only when on
   # (measured: python -m varjax.analysis.bench, BENCHMARKS.md).
   c.difficulty = ml_collections.ConfigDict()
-  # Prediction depth: k-NN probes on each conv group's pooled embedding against
-  # the first depth_support_size training images, at evaluation.
+  # Prediction depth: k-NN probes at depth_probes (network order; the input,
+  # the whitening output and every conv's output as Baldock et al. probe every
+  # layer; ('group1_conv2', 'group2_conv2', 'group3_conv2') probes only each
+  # group's output) against the first depth_support_size training images.
   c.difficulty.prediction_depth = False
   c.difficulty.depth_k = 30
   c.difficulty.depth_support_size = 5000
+  c.difficulty.depth_probes = ('input', 'whiten', 'group1_conv1', 'group1_conv2',
+                               'group2_conv1', 'group2_conv2', 'group3_conv1', 'group3_conv2')
   # Margin in the last embedding's space over the root of its total variance.
   c.difficulty.normalized_margin = True
   # Forgetting events, first epoch learned and cumulative correctness of the
@@ -187,6 +201,5 @@ def get_config(arg=None):
     c.train.whiten_bias_epochs = 1
     c.eval.tta_level = 2
     c.eval.batch_size = 256
-    c.analysis.num_bootstrap = 200
     c.analysis.alpha_trim_resamples = 8
   return c

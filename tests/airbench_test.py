@@ -85,10 +85,54 @@ def test_batchnorm_train_and_running_stats_match_numpy():
                              0.6 + 0.4 * var * count / (count - 1), rtol=1e-5)
 
 
+def test_whitening_bias_starts_at_zero_as_in_airbench94():
+  # airbench94's Conv zeroes every bias; a random start would add init randomness.
+  model = airbench.Airbench(widths=(4, 8, 8))
+  for seed in (0, 1):
+    variables = airbench.init_variables(model, jax.random.key(seed), np.zeros((2, 2, 3, 24)))
+    np.testing.assert_array_equal(variables['params']['whiten_bias'], np.zeros(24))
+
+
 def test_forward_shapes_and_intermediates():
   model = airbench.Airbench(widths=(4, 8, 8))
   variables = airbench.init_variables(model, jax.random.key(0), np.zeros((2, 2, 3, 24)))
   x = jnp.zeros((3, 32, 32, 3))
   logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
   assert logits.shape == (3, 10)
-  assert len(state['intermediates']) == 3
+  assert list(state['intermediates']) == ['features']  # no probes asked for
+
+
+def test_probe_places_sow_pooled_activations():
+  """Every place against activations captured by flax (not the sow), pooled in NumPy."""
+  model = airbench.Airbench(widths=(4, 8, 8), probes=airbench.PROBE_PLACES)
+  rng = np.random.default_rng(0)
+  kernel = airbench.whitening_kernel(rng.normal(size=(16, 32, 32, 3)), 2)
+  variables = airbench.init_variables(model, jax.random.key(0), kernel)
+  x = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+  logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  sown = {k: np.asarray(v[0]) for k, v in state['intermediates'].items()}
+  assert list(sown) == list(airbench.PROBE_PLACES) + ['features']
+  _, captured = model.apply(variables, x, train=False, capture_intermediates=True)
+  captured = captured['intermediates']
+
+  def grid(a, reduce):  # 4 x 4 cells with edges at round(i * size / 4)
+    edges = [int(np.round(i * a.shape[1] / 4)) for i in range(5)]
+    return np.stack([reduce(a[:, edges[i]:edges[i + 1], edges[j]:edges[j + 1]], axis=(1, 2))
+                     for i in range(4) for j in range(4)], 1).reshape(len(a), -1)
+
+  np.testing.assert_allclose(sown['input'], grid(np.asarray(x), np.mean), rtol=1e-6, atol=1e-6)
+  # The whitening output: GELU of the 2x2 conv (zero bias), from NumPy patches.
+  patches = np.lib.stride_tricks.sliding_window_view(np.asarray(x), (2, 2), axis=(1, 2))
+  pre = np.einsum('nhwcij,ijco->nhwo', patches, kernel)
+  whiten = np.asarray(jax.nn.gelu(pre, approximate=False))
+  np.testing.assert_allclose(sown['whiten'], grid(whiten, np.max), rtol=1e-4, atol=1e-5)
+  assert sown['input'].shape == (2, 48) and sown['whiten'].shape == (2, 384)
+  for g in (1, 2, 3):
+    mid, out = (np.asarray(a) for a in captured[f'group{g}']['__call__'][0])
+    np.testing.assert_allclose(sown[f'group{g}_conv1'], mid.max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(sown[f'group{g}_conv2'], out.max(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(sown['features'], sown['group3_conv2'], rtol=1e-6)
+  np.testing.assert_allclose(logits, model.head_scale * sown['features']
+                             @ np.asarray(variables['params']['head']), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match='nowhere'):
+    airbench.Airbench(widths=(4, 8, 8), probes=('nowhere',)).apply(variables, x, train=False)

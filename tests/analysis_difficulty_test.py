@@ -1,5 +1,7 @@
 """Difficulty aggregates of the analysis against NumPy formulas."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,7 @@ def planted_run(seed=0, num_models=8, n=257, k=5, dim=6):
 
 def run_analysis(labels, logits, depth, features, feature_margin, order, batch=50):
   num_models, n, k = logits.shape
-  state = accumulate.init(num_models, n, k, GROUPS, num_bootstrap=8, alpha_trim_resamples=2,
+  state = accumulate.init(num_models, n, k, GROUPS, alpha_trim_resamples=2,
                           margin_quantiles=LEVELS, prediction_depth=True,
                           feature_dim=features.shape[-1])
   for start in range(0, n, batch):
@@ -104,7 +106,7 @@ def test_normalized_margin_ignores_the_scale_of_the_features():
 
 
 def test_update_without_the_requested_extras_names_them():
-  state = accumulate.init(2, 4, 3, prediction_depth=True, num_bootstrap=2, alpha_trim_resamples=1)
+  state = accumulate.init(2, 4, 3, prediction_depth=True, alpha_trim_resamples=1)
   try:
     accumulate.update(state, jnp.zeros((2, 4, 3)), jnp.zeros(4, jnp.int32), jnp.arange(4))
   except ValueError as e:
@@ -114,33 +116,46 @@ def test_update_without_the_requested_extras_names_them():
 
 
 def test_dynamics_stats_match_numpy():
+  """Never-learned (never correct) pairs are counted apart, not as 0 forgetting events."""
   rng = np.random.default_rng(3)
   num_models, probes, epochs = len(GROUPS), 50, 6
-  correct = rng.random((epochs, num_models, probes)) < rng.uniform(0.1, 0.9, probes)
-  first = np.where(correct.any(0), correct.argmax(0) + 1, -1)
+  correct = rng.random((epochs, num_models, probes)) < rng.uniform(0.05, 0.9, probes)
+  correct[:, :, :3] = False                             # three probes nobody ever gets right
+  correct[:, 4:7, 3] = False                            # one that group 1 never gets right
+  learned = np.full((num_models, probes), -1)
+  for e in range(epochs):                               # first epoch of the final correct run
+    learned = np.where(correct[e:].all(0) & (learned < 0), e + 1, learned)
   events = (correct[:-1] & ~correct[1:]).sum(0)
+  ever = correct.any(0)
   dynamics = {'correct': correct[-1].astype(np.int32), 'forgetting_events': events,
-              'first_learned': first, 'cumulative_correct': correct.sum(0),
+              'learned_epoch': learned, 'cumulative_correct': correct.sum(0),
               'epochs': np.full(num_models, epochs)}
   member = member_of(np.where(np.arange(num_models) == 1, -1, GROUPS))  # model 1 diverged
   r = jax.tree.map(np.asarray, jax.jit(difficulty.dynamics_stats)(
       jax.tree.map(jnp.asarray, dynamics), jnp.asarray(member)))
-  np.testing.assert_allclose(r['mean_forgetting_events'], events.mean(1), rtol=1e-6)
-  np.testing.assert_allclose(r['never_learned_fraction'], (first < 0).mean(1), rtol=1e-6)
-  np.testing.assert_allclose(r['unforgettable_fraction'], ((first > 0) & (events == 0)).mean(1),
+  np.testing.assert_allclose(r['mean_forgetting_events'],
+                             [events[m][ever[m]].mean() for m in range(num_models)], rtol=1e-6)
+  np.testing.assert_allclose(r['never_learned_fraction'], (~ever).mean(1), rtol=1e-6)
+  np.testing.assert_allclose(r['unforgettable_fraction'], (ever & (events == 0)).mean(1),
                              rtol=1e-6)
-  for g in range(3):
-    rows = member[:, g] > 0
-    np.testing.assert_allclose(r['forgetting_mean'][g], events[rows].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(r['probe_accuracy'][g], correct[-1][rows].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(r['never_learned'][g], (first[rows] < 0).mean(0), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(r['cumulative_accuracy'][g], correct[:, rows].mean((0, 1)),
-                               rtol=1e-5)
-    learned = np.where(first[rows] > 0, first[rows], np.nan)
-    with np.errstate(all='ignore'):
-      want = np.nanmean(learned, axis=0)
-    np.testing.assert_allclose(r['first_learned_mean'][g], want, rtol=1e-5)
-    f, p = events[rows].mean(0), correct[-1][rows].mean(0)
-    want = np.corrcoef(f, p)[0, 1] if f.std() > 0 and p.std() > 0 else np.nan
-    np.testing.assert_allclose(r['forgetting_accuracy_corr'][g], want, rtol=1e-4, atol=1e-6)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # NumPy's nanmean of all-NaN columns
+    for g in range(3):
+      rows = member[:, g] > 0
+      e, v = events[rows].astype(float), ever[rows]
+      np.testing.assert_allclose(r['forgetting_mean'][g],
+                                 np.nanmean(np.where(v, e, np.nan), axis=0), rtol=1e-5)
+      assert np.all(np.isnan(r['forgetting_mean'][g][:3]))
+      np.testing.assert_allclose(r['never_learned'][g], (~v).mean(0), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(r['group_forgetting_events'][g], e[v].mean(), rtol=1e-5)
+      np.testing.assert_allclose(r['group_never_learned'][g], (~v).mean(), rtol=1e-5)
+      np.testing.assert_allclose(r['probe_accuracy'][g], correct[-1][rows].mean(0), rtol=1e-5)
+      np.testing.assert_allclose(r['cumulative_accuracy'][g], correct[:, rows].mean((0, 1)),
+                                 rtol=1e-5)
+      np.testing.assert_allclose(r['learned_epoch_mean'][g], np.nanmean(
+          np.where(learned[rows] > 0, learned[rows], np.nan), axis=0), rtol=1e-5)
+      f, p = np.nanmean(np.where(v, e, np.nan), axis=0), correct[-1][rows].mean(0)
+      ok = np.isfinite(f)
+      want = np.corrcoef(f[ok], p[ok])[0, 1] if f[ok].std() > 0 and p[ok].std() > 0 else np.nan
+      np.testing.assert_allclose(r['forgetting_accuracy_corr'][g], want, rtol=1e-4, atol=1e-6)
+  assert np.isnan(r['forgetting_mean'][1][3]) and not np.isnan(r['forgetting_mean'][0][3])

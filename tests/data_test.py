@@ -23,7 +23,8 @@ def encode_records(images, labels):
 
 def data_config(**kw):
   c = ml_collections.ConfigDict(dict(source='cifar10_binary', dir=None, test_split='test',
-                                     holdout_size=10, train_size=None, verify_checksums=False))
+                                     holdout_size=10, train_size=None, verify_checksums=False,
+                                     classes=()))
   c.update(kw)
   return c
 
@@ -209,3 +210,18 @@ def test_extra_test_set_from_binary_records(tmp_path):
     data.load_extra_test_set(f'binary:{tmp_path / "nope.bin"}')
   with pytest.raises(data.DataError, match="must be 'tfds:NAME"):
     data.load_extra_test_set('cifar10_1')
+
+
+def test_classes_keep_the_chosen_classes_renumbered_in_their_order(tmp_path):
+  d = write_dir(tmp_path, per_file=40, with_test=False)
+  images, labels, _, _ = data.load_cifar10_binary(str(d), with_test=False, verify_checksums=False)
+  ds = data.load(data_config(dir=str(d), test_split='holdout', holdout_size=50, train_size=12,
+                             classes=(5, 3)))
+  assert ds.num_classes == 2 and ds.test_name == 'holdout_last50_classes5-3'
+  for part, (x, y) in (('test', (images[-50:], labels[-50:])), ('train', (images[:-50], labels[:-50]))):
+    keep = [i for i in range(len(y)) if y[i] in (5, 3)]
+    want_x, want_y = x[keep], np.array([0 if y[i] == 5 else 1 for i in keep])
+    if part == 'train':
+      want_x, want_y = want_x[:12], want_y[:12]
+    np.testing.assert_array_equal(getattr(ds, f'{part}_images'), want_x)
+    np.testing.assert_array_equal(getattr(ds, f'{part}_labels'), want_y)

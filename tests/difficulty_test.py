@@ -84,6 +84,27 @@ def test_feature_margin_is_the_distance_to_the_boundary():
     assert (got[i] > 0) == (logits[i].argmax() == labels[i])
 
 
+def numpy_learned_epoch(correct):
+  """1-based epoch from which every later epoch is correct; -1 if the last is wrong."""
+  out = np.full(correct.shape[1], -1)
+  for j in range(correct.shape[1]):
+    for e in range(correct.shape[0]):
+      if correct[e:, j].all():
+        out[j] = e + 1
+        break
+  return out
+
+
+def test_learned_epoch_of_random_sequences_matches_its_definition():
+  correct = np.random.default_rng(5).random((7, 200)) < 0.6
+  record = difficulty.init_dynamics(200)
+  step = jax.jit(difficulty.update_dynamics)
+  for e, row in enumerate(correct):
+    record = step(record, jnp.asarray(row))
+    np.testing.assert_array_equal(record['learned_epoch'], numpy_learned_epoch(correct[:e + 1]))
+  np.testing.assert_array_equal(record['forgetting_events'], (correct[:-1] & ~correct[1:]).sum(0))
+
+
 def test_dynamics_count_a_hand_built_correctness_sequence():
   # Rows: epochs; columns: probe examples.
   correct = np.array([[1, 0, 0, 1],
@@ -96,7 +117,8 @@ def test_dynamics_count_a_hand_built_correctness_sequence():
   for row in correct:
     record = jax.jit(difficulty.update_dynamics)(record, jnp.asarray(row))
   np.testing.assert_array_equal(record['forgetting_events'], [2, 0, 0, 2])
-  np.testing.assert_array_equal(record['first_learned'], [1, -1, 2, 1])
+  # Learned: the epoch after which the example stays correct (-1: wrong at the end).
+  np.testing.assert_array_equal(record['learned_epoch'], [6, -1, 2, -1])
   np.testing.assert_array_equal(record['cumulative_correct'], [3, 0, 5, 4])
   np.testing.assert_array_equal(record['correct'], [1, 0, 1, 0])
   assert int(record['epochs']) == 6
@@ -104,7 +126,7 @@ def test_dynamics_count_a_hand_built_correctness_sequence():
 
 def test_eval_outputs_of_a_tiny_model_match_numpy():
   """Embeddings captured independently of the model's sow, k-NN and depth in NumPy."""
-  model = airbench.Airbench(widths=(4, 8, 8))
+  model = airbench.Airbench(widths=(4, 8, 8), probes=airbench.GROUP_PROBES)
   rng = np.random.default_rng(3)
   images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
   kernel = airbench.whitening_kernel(rng.normal(size=(32, 32, 32, 3)), 2)
@@ -114,7 +136,7 @@ def test_eval_outputs_of_a_tiny_model_match_numpy():
   eval_outputs = difficulty.make_eval_outputs(forward, 10, model.head_scale, depth_k=5,
                                               feature_margins=True)
   support_images, query_images = images[:30], images[30:]
-  _, support = forward(variables, jnp.asarray(support_images))
+  support = forward(variables, jnp.asarray(support_images))[1]['probes']
   support_labels = rng.integers(0, 10, 30)
   labels = rng.integers(0, 10, 10)
   out = eval_outputs(variables, jnp.asarray(query_images), jnp.asarray(labels), support,
@@ -127,7 +149,9 @@ def test_eval_outputs_of_a_tiny_model_match_numpy():
     _, state = model.apply(variables, jnp.concatenate(views), train=False,
                            capture_intermediates=lambda mdl, _: isinstance(mdl, airbench.ConvGroup))
     groups = state['intermediates']
-    pooled = [np.asarray(groups[f'group{i}']['__call__'][0]).max(axis=(1, 2)) for i in (1, 2, 3)]
+    # A group returns (its first conv's output, its output); the probes take the output.
+    pooled = [np.asarray(groups[f'group{i}']['__call__'][0][1]).max(axis=(1, 2))
+              for i in (1, 2, 3)]
     return [np.tensordot(weights, p.reshape(len(views), len(images_u8), -1), axes=1)
             for p in pooled]
 

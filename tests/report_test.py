@@ -39,7 +39,7 @@ def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
   paths = report.write_report(str(lr_sweep_run))
   names = sorted(p.rsplit('/', 1)[1] for p in paths)
   # Margin quantiles are always measured; depth and forgetting were not asked for.
-  plots = [*report.PLOTS, 'margin_quantiles_vs_accuracy.png']
+  plots = [*report.PLOTS, report.ENSEMBLE_PLOT, 'margin_quantiles_vs_accuracy.png']
   assert names == sorted(['report.md', 'report.csv', *plots])
   for name in plots:
     assert (lr_sweep_run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -51,18 +51,21 @@ def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
   md = (lr_sweep_run / 'report.md').read_text().splitlines()
   table = [l for l in md if l.startswith('| ')]
   # Variance table and difficulty table: header, rule, 2 groups each.
-  assert len(table) == 8 and 'lr_multiplier' in table[0] and 'dist. std' in table[0]
+  assert len(table) == 8 and 'lr_multiplier' in table[0] and 'dist. std 95% CI' in table[0]
+  assert 'CACE' in table[0] and 'seeds/arm for 0.5pp' in table[0]
   assert 'r(median margin, acc)' in table[4] and table[6].endswith('| n/a | n/a | n/a | n/a |')
 
 
 def fake_summary(groups):
-  return {'name': 'x', 'num_models': 4, 'num_test': 10, 'models': [], 'groups': groups}
+  return {'name': 'x', 'num_models': 4, 'num_test': 10, 'models': [], 'groups': groups,
+          'seeds_needed_deltas': [0.001, 0.005]}
 
 
 def test_table_formats_and_marks_missing_values():
   groups = [{'group': 0, 'name': 'a', 'values': {'epochs': 1.0}, 'num_models': 2,
              'mean_accuracy': 0.5, 'std_accuracy': 0.01, 'std_accuracy_ci': [0.005, 0.02],
-             'independence_ratio': None},
+             'independence_ratio': None, 'seeds_needed': [1570.0, 63.0],
+             'seeds_needed_ci': [[393.0, 6280.0], [16.0, 252.0]]},
             {'group': 1, 'name': 'b', 'values': {'epochs': 2.0}, 'num_models': 1,
              'mean_accuracy': 0.25, 'std_accuracy': None, 'std_accuracy_ci': [None, None]}]
   header, rows = report.table_rows(fake_summary(groups))
@@ -70,3 +73,6 @@ def test_table_formats_and_marks_missing_values():
   assert rows[0][:5] == ['a', '1', '2', '50.00%', '1.000%']
   assert rows[0][header.index('std 95% CI')] == '0.500% .. 2.000%'
   assert rows[1][header.index('std')] == 'n/a' and rows[1][header.index('ratio')] == 'n/a'
+  assert header[-2:] == ['seeds/arm for 0.1pp', 'seeds/arm for 0.5pp']
+  assert rows[0][-2:] == ['1570 (393 .. 6280)', '63 (16 .. 252)']
+  assert rows[1][-2:] == ['n/a', 'n/a']

@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 KNOWN_KEYS = frozenset("""
 name variant seed num_models first_model_id overwrite
 data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
-data.extra_test_sets
+data.extra_test_sets data.classes
 model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
 model.bn_momentum model.head_scale model.gelu_approximate
 train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs
@@ -31,9 +31,11 @@ opt.lr_start_factor opt.lr_end_factor
 lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
 aug.translate aug.flip
 eval.tta_level eval.batch_size
-analysis.num_bootstrap analysis.alpha_trim_resamples analysis.seed
-analysis.margin_quantiles
+analysis.alpha_trim_resamples analysis.seed analysis.margin_quantiles
+analysis.ensemble_subsets analysis.seeds_needed_deltas analysis.seeds_needed_power
+analysis.seeds_needed_alpha
 difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
+difficulty.depth_probes
 difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
@@ -45,6 +47,7 @@ sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep
 
 # CIFAR-10's training images (all sources); the holdout split takes its test set from them.
 CIFAR10_TRAIN_IMAGES = 50_000
+CIFAR10_TRAIN_PER_CLASS = 5_000
 INT32_MAX = 2**31 - 1
 
 # Common names from other codebases for keys varjax spells differently.
@@ -123,6 +126,17 @@ def sequence(rule, length=None, min_length=0, distinct=False):
                  and (not distinct or len(set(v)) == len(v))))
 
 
+def _classes(v):
+  return (isinstance(v, (tuple, list)) and (len(v) == 0 or len(v) >= 2)
+          and all(_is_int(k) and 0 <= k <= 9 for k in v) and len(set(v)) == len(v))
+
+
+def _probe_places(v):
+  from varjax.models import airbench  # pylint: disable=g-import-not-at-top  (imports jax)
+  return (isinstance(v, (tuple, list)) and len(v) >= 1
+          and list(v) == [p for p in airbench.PROBE_PLACES if p in v])
+
+
 def _extra_test_set(spec):
   kind, _, rest = spec.partition(':') if isinstance(spec, str) else ('', '', '')
   return kind in ('tfds', 'binary') and bool(rest)
@@ -131,6 +145,7 @@ def _extra_test_set(spec):
 POSITIVE = number(0, lo_open=True)
 FRACTION = number(0, 1)
 BELOW_ONE = number(0, 1, hi_open=True)
+OPEN_FRACTION = number(0, 1, lo_open=True, hi_open=True)
 
 # One rule per key. A key added to KNOWN_KEYS needs its rule here
 # (tests/config_check_test.py checks that every known key has one).
@@ -149,6 +164,8 @@ RULES = {
     'data.verify_checksums': boolean(),
     'data.extra_test_sets': sequence(Rule("'tfds:NAME[:SPLIT]' or 'binary:PATH'",
                                           _extra_test_set)),
+    'data.classes': Rule('() or a tuple of at least two distinct CIFAR-10 class ids, each an '
+                         'int in [0, 9]', _classes),
     'model.widths': sequence(integer(1), length=3),
     'model.whiten_kernel_size': integer(1, 32),
     'model.whiten_eps': POSITIVE,
@@ -177,13 +194,19 @@ RULES = {
     'aug.flip': one_of('alternating', 'random', 'none'),
     'eval.tta_level': one_of(0, 1, 2),
     'eval.batch_size': integer(1),
-    'analysis.num_bootstrap': integer(1),
     'analysis.alpha_trim_resamples': integer(1),
     'analysis.seed': integer(0),
     'analysis.margin_quantiles': sequence(FRACTION, min_length=1),
+    'analysis.ensemble_subsets': integer(1),
+    'analysis.seeds_needed_deltas': sequence(OPEN_FRACTION, min_length=1),
+    'analysis.seeds_needed_power': OPEN_FRACTION,
+    'analysis.seeds_needed_alpha': OPEN_FRACTION,
     'difficulty.prediction_depth': boolean(),
     'difficulty.depth_k': integer(1),
     'difficulty.depth_support_size': integer(1),
+    'difficulty.depth_probes': Rule('a non-empty tuple of distinct probe places in network '
+                                    'order (PROBE_PLACES in varjax/models/airbench.py)',
+                                    _probe_places),
     'difficulty.normalized_margin': boolean(),
     'difficulty.forgetting': boolean(),
     'difficulty.forgetting_probe_size': integer(1),
@@ -205,26 +228,41 @@ RULES = {
 }
 
 
-def num_train_images(config):
-  """Training images a run of ``config`` gets (CIFAR-10, less holdout, cut to train_size)."""
+def _available_images(config):
+  """Training images before ``data.train_size``; with ``data.classes`` an upper bound."""
   d = config.data
   available = CIFAR10_TRAIN_IMAGES - (d.holdout_size if d.test_split == 'holdout' else 0)
-  return available if d.train_size is None else min(d.train_size, available)
+  if len(d.classes):
+    available = min(available, CIFAR10_TRAIN_PER_CLASS * len(d.classes))
+  return available
+
+
+def num_train_images(config):
+  """Training images a run of ``config`` gets (CIFAR-10 less the holdout, of
+  ``data.classes``, cut to ``data.train_size``); with classes an upper bound."""
+  available = _available_images(config)
+  train_size = config.data.train_size
+  return available if train_size is None else min(train_size, available)
+
+
+def _images(c, n):
+  return f'at most {n} training images of data.classes' if len(c.data.classes) else (
+      f'{n} training images')
 
 
 def _data_size(c):
   d = c.data
-  available = CIFAR10_TRAIN_IMAGES - (d.holdout_size if d.test_split == 'holdout' else 0)
+  available = _available_images(c)
   if d.train_size is not None and d.train_size > available:
-    return (f'data.train_size={d.train_size} exceeds the {available} training images left '
-            f'after the holdout (data.holdout_size={d.holdout_size}).')
+    return (f'data.train_size={d.train_size} exceeds the {_images(c, available)} left after '
+            f'the holdout (data.holdout_size={d.holdout_size}).')
   return None
 
 
 def _batch_size(c):
   n = num_train_images(c)
   if c.train.batch_size > n:
-    return (f'train.batch_size={c.train.batch_size} exceeds the {n} training images '
+    return (f'train.batch_size={c.train.batch_size} exceeds the {_images(c, n)} '
             '(data.train_size, data.holdout_size); lower it.')
   return None
 
@@ -232,8 +270,8 @@ def _batch_size(c):
 def _whiten_images(c):
   n = num_train_images(c)
   if c.model.whiten_num_images > n:
-    return (f'model.whiten_num_images={c.model.whiten_num_images} exceeds the {n} training '
-            'images; lower it.')
+    return (f'model.whiten_num_images={c.model.whiten_num_images} exceeds the '
+            f'{_images(c, n)}; lower it.')
   return None
 
 

@@ -255,8 +255,31 @@ def _read_tfds_split(name, split, data_dir):
   return images, labels
 
 
+def num_classes(data_config):
+  """K of the task: the CIFAR-10 classes kept by ``data.classes`` (all 10 when empty)."""
+  return len(data_config.classes) or len(CIFAR10_CLASSES)
+
+
+def select_classes(images, labels, classes):
+  """The images of the given CIFAR-10 classes, labels renumbered 0.. in that order.
+
+  Example:
+    >>> x, y = select_classes(images, labels, (3, 5))   # cat -> 0, dog -> 1  # doctest: +SKIP
+  """
+  if not classes:
+    return images, labels
+  keep = np.isin(labels, classes)
+  relabel = np.full(len(CIFAR10_CLASSES), -1, np.int32)
+  relabel[list(classes)] = np.arange(len(classes), dtype=np.int32)
+  return images[keep], relabel[labels[keep]]
+
+
 def load(data_config, environ=None):
-  """Loads the train and evaluation sets described by ``config.data``."""
+  """Loads the train and evaluation sets described by ``config.data``.
+
+  Order of selection: the holdout split (last ``holdout_size`` training images),
+  then ``data.classes``, then the first ``train_size`` of what remains.
+  """
   holdout = data_config.test_split == 'holdout'
   if data_config.test_split not in ('test', 'holdout'):
     raise DataError(f"data.test_split must be 'test' or 'holdout', got "
@@ -286,6 +309,11 @@ def load(data_config, environ=None):
     test_images, test_labels = train_images[-h:], train_labels[-h:]
     train_images, train_labels = train_images[:-h], train_labels[:-h]
     test_name = f'holdout_last{h}'
+  classes = tuple(data_config.classes)
+  train_images, train_labels = select_classes(train_images, train_labels, classes)
+  test_images, test_labels = select_classes(test_images, test_labels, classes)
+  if classes:
+    test_name += '_classes' + '-'.join(str(c) for c in classes)
   if data_config.train_size is not None:
     if not 0 < data_config.train_size <= len(train_images):
       raise DataError(f'data.train_size={data_config.train_size} must be in '
@@ -293,7 +321,8 @@ def load(data_config, environ=None):
     train_images = train_images[:data_config.train_size]
     train_labels = train_labels[:data_config.train_size]
   return Dataset(train_images=train_images, train_labels=train_labels,
-                 test_images=test_images, test_labels=test_labels, test_name=test_name)
+                 test_images=test_images, test_labels=test_labels, test_name=test_name,
+                 num_classes=num_classes(data_config))
 
 
 def load_extra_test_set(spec, data_config=None):
@@ -302,8 +331,16 @@ def load_extra_test_set(spec, data_config=None):
   ``spec``: 'tfds:NAME[:SPLIT]' (e.g. 'tfds:cifar10_1' or 'tfds:cifar10_1/v6',
   split 'test' by default; the TFDS data dir is the one ``data_config``
   resolves to, else TFDS's default) or 'binary:PATH' (a file of CIFAR-10 binary
-  records, or a directory holding test_batch.bin).
+  records, or a directory holding test_batch.bin). With ``data.classes`` the
+  set keeps those classes, renumbered like the training labels.
   """
+  name, images, labels = _load_extra_test_set(spec, data_config)
+  if data_config is not None:
+    images, labels = select_classes(images, labels, tuple(data_config.classes))
+  return name, images, labels
+
+
+def _load_extra_test_set(spec, data_config):
   kind, _, rest = spec.partition(':')
   if kind == 'tfds' and rest:
     name, _, split = rest.partition(':')

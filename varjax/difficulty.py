@@ -3,18 +3,20 @@
 Pure functions of one model's arrays; the ensemble maps them over models and
 the analysis (varjax/analysis/difficulty.py) aggregates them across models.
 
-- Prediction depth (Baldock, Maennel, Neyshabur 2021): k-NN probes on each conv
-  group's pooled embedding, against a support set of training embeddings
-  embedded by the same model; the depth of an example is the 1-based index of
-  the last probe that disagrees with the model's final prediction, 0 when all
-  agree (so 0..L for L probes).
+- Prediction depth (Baldock, Maennel, Neyshabur 2021): k-NN probes on the
+  pooled activations at the model's probe places (by default the input, the
+  whitening output and every conv's output; models/airbench.py), against a
+  support set of training images embedded by the same model; the depth of an
+  example is the 1-based index of the last probe that disagrees with the
+  model's final prediction, 0 when all agree (so 0..L for L probes).
 - Feature margin (Jiang et al. 2019 at the last layer): the head is linear
   without bias, so the distance of the last embedding h to the boundary between
   the true class y and the runner-up j is (z_y - z_j) / (s * ||w_y - w_j||);
   dividing by the root of h's total variance over the test set (done by the
   analysis) makes it invariant to the embedding's scale.
 - Forgetting (Toneva et al. 2019) and learning speed (Jiang et al. 2021): the
-  correctness of a fixed probe subset of training examples after every epoch.
+  correctness of a fixed probe subset of training examples after every epoch;
+  an example is learned from the epoch after which it stays correct.
 
 Example:
   >>> pred = knn_predict(queries, support, support_labels, k=30, num_classes=10)  # doctest: +SKIP
@@ -101,13 +103,14 @@ def init_dynamics(num_probes):
   """One model's empty training-dynamics record over ``num_probes`` probe examples.
 
   ``correct`` after the latest epoch (0/1), ``forgetting_events`` (correct ->
-  incorrect transitions), ``first_learned`` (first epoch, 1-based, after which
-  the example was correct; -1 never), ``cumulative_correct`` (epochs correct),
-  ``epochs`` (epochs recorded).
+  incorrect transitions), ``learned_epoch`` (the 1-based epoch after which
+  the example has stayed correct up to the latest one; -1 when it is wrong
+  now), ``cumulative_correct`` (epochs correct; 0: never learned, which
+  Toneva et al. count as forgotten infinitely often), ``epochs`` (recorded).
   """
   zeros = jnp.zeros((num_probes,), jnp.int32)
   return {'correct': zeros, 'forgetting_events': zeros,
-          'first_learned': jnp.full((num_probes,), -1, jnp.int32),
+          'learned_epoch': jnp.full((num_probes,), -1, jnp.int32),
           'cumulative_correct': zeros, 'epochs': jnp.zeros((), jnp.int32)}
 
 
@@ -118,17 +121,18 @@ def update_dynamics(dynamics, correct):
     >>> d = init_dynamics(1)
     >>> for c in (True, False, True):
     ...   d = update_dynamics(d, jnp.array([c]))
-    >>> int(d['forgetting_events'][0]), int(d['first_learned'][0])
-    (1, 1)
+    >>> int(d['forgetting_events'][0]), int(d['learned_epoch'][0])
+    (1, 3)
   """
   correct = correct.astype(jnp.int32)
   epoch = dynamics['epochs'] + 1
   forgotten = (dynamics['correct'] == 1) & (correct == 0)
-  first = jnp.where((dynamics['first_learned'] < 0) & (correct == 1), epoch,
-                    dynamics['first_learned'])
+  # Correct now: learned at the start of the current run of correct epochs.
+  learned = jnp.where(correct == 1, jnp.where(dynamics['learned_epoch'] >= 0,
+                                              dynamics['learned_epoch'], epoch), -1)
   return {'correct': correct,
           'forgetting_events': dynamics['forgetting_events'] + forgotten.astype(jnp.int32),
-          'first_learned': first,
+          'learned_epoch': learned,
           'cumulative_correct': dynamics['cumulative_correct'] + correct,
           'epochs': epoch}
 
@@ -138,7 +142,7 @@ def make_eval_outputs(forward, num_classes, head_scale, depth_k=None, feature_ma
 
   ``forward`` is ``step.make_eval_forward(model, tta_level)``. The dict holds
   ``logits`` (b, K); with ``depth_k``, ``depth`` (b,) from k-NN probes against
-  ``support`` (a tuple of (S, D_l) embeddings, one per conv group); with
+  ``support`` (a tuple of (S, D_l) embeddings, one per probe place); with
   ``feature_margins``, ``feature_margin`` (b,) and the batch's sums of the
   last embedding, ``feature_sum`` (D,), and of its squared norm, ``feature_sq``
   (for the total variance; summed per model so no result depends on N).
@@ -149,10 +153,10 @@ def make_eval_outputs(forward, num_classes, head_scale, depth_k=None, feature_ma
     out = {'logits': logits}
     if depth_k:
       probes = jnp.stack([knn_predict(e, s, support_labels, depth_k, num_classes)
-                          for e, s in zip(embeddings, support)], axis=-1)
+                          for e, s in zip(embeddings['probes'], support)], axis=-1)
       out['depth'] = prediction_depth(probes, jnp.argmax(logits, -1))
     if feature_margins:
-      features = embeddings[-1]
+      features = embeddings['features']
       out['feature_sum'] = features.sum(0)
       out['feature_sq'] = jnp.sum(features * features)
       out['feature_margin'] = feature_margin(logits, variables['params']['head'], head_scale,

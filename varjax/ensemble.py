@@ -246,7 +246,8 @@ class Ensemble:
     self.model = airbench.from_config(
         config.model, dtype,
         resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
-        config.ensemble.conv_grad_slice)
+        config.ensemble.conv_grad_slice,
+        config.difficulty.depth_probes if config.difficulty.prediction_depth else ())
     self.plan = step_lib.StepPlan.from_config(config, num_train)
     # Training examples [0, num_probes) are the forgetting probes (0: off).
     self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)
@@ -309,7 +310,7 @@ class Ensemble:
     self._eval_one = lambda per_model, images: forward(
         step_lib.final_variables(per_model[0], plan), images)[0]
     self._embed_one = lambda per_model, images: forward(
-        step_lib.final_variables(per_model[0], plan), images)[1]
+        step_lib.final_variables(per_model[0], plan), images)[1]['probes']
     difficulty = self.config.difficulty
     self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
     outputs = difficulty_lib.make_eval_outputs(forward, model.num_classes, model.head_scale,
@@ -417,7 +418,7 @@ class Ensemble:
     return self._per_model('logits', self._eval_one, 1, 1)(state, images)
 
   def embeddings(self, state, images):
-    """Each conv group's TTA-averaged pooled embedding: a tuple of (N, b, width)."""
+    """The TTA-averaged pooled embeddings at each depth probe place: a tuple of (N, b, D_l)."""
     return self._per_model('embeddings', self._embed_one, 1, 1)(state, images)
 
   def eval_outputs(self, state, images, labels, support=(), support_labels=None):

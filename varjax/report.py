@@ -8,9 +8,11 @@ Reads DIR/summary.json (and per_example.npz when present) and writes
   report.csv                     the same numbers, full precision, for pandas (one
                                  block of rows per test set);
   std_vs_swept.png               std and distribution-wise std vs the swept value
-                                 (log x when it spans a factor > 4), 95% CI band;
+                                 (log x when it spans a factor > 4), 95% CI bands;
   observed_vs_independent.png    observed std vs the std independent errors predict;
   accuracy_histograms.png        per-model accuracies, one panel per group;
+  ensemble_size_accuracy.png     vote and softmax ensemble accuracy against
+                                 ensemble size, one panel per group;
   example_accuracy_histograms.png  per-example accuracy p_i, one panel per group;
 and, when the run measured them (config.difficulty):
   margin_quantiles_vs_accuracy.png  each model's margin quantiles (raw and
@@ -30,17 +32,20 @@ import numpy as np
 from absl import app
 from absl import flags
 
+CI = 'ci'  # format of a [low, high] pair of fractions
 COLUMNS = (  # (summary key, header, format)
     ('num_models', 'models', '{:d}'),
     ('mean_accuracy', 'mean acc', '{:.2%}'),
     ('std_accuracy', 'std', '{:.3%}'),
-    ('std_accuracy_ci', 'std 95% CI', None),
+    ('std_accuracy_ci', 'std 95% CI', CI),
     ('independent_std', 'indep. std', '{:.3%}'),
     ('independence_ratio', 'ratio', '{:.2f}'),
     ('distribution_std', 'dist. std', '{:.3%}'),
+    ('distribution_std_ci', 'dist. std 95% CI', CI),
     ('split_half_corr', 'split-half r', '{:.2f}'),
     ('mean_disagreement', 'disagreement', '{:.2%}'),
     ('mean_error', 'error', '{:.2%}'),
+    ('cace', 'CACE', '{:.2%}'),
     ('ensemble_accuracy_vote', 'ens. acc (vote)', '{:.2%}'),
     ('ensemble_accuracy_softmax', 'ens. acc (softmax)', '{:.2%}'),
 )
@@ -50,6 +55,7 @@ AXIS_LABELS = {'lr': 'learning rate (decoupled units, per 1024 examples)',
                'epochs': 'training epochs'}
 PLOTS = ('std_vs_swept.png', 'observed_vs_independent.png', 'accuracy_histograms.png',
          'example_accuracy_histograms.png')
+ENSEMBLE_PLOT = 'ensemble_size_accuracy.png'
 DIFFICULTY_PLOTS = ('margin_quantiles_vs_accuracy.png', 'depth_vs_example_accuracy.png',
                     'forgetting_vs_example_accuracy.png')
 
@@ -74,24 +80,55 @@ def swept_keys(groups):
 def _fmt(value, fmt):
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return 'n/a'
-  if fmt is None:
+  if fmt == CI:
     return f'{value[0]:.3%} .. {value[1]:.3%}' if None not in value else 'n/a'
   return fmt.format(int(value) if fmt == '{:d}' else value)
+
+
+def _seeds(value, ci):
+  """'n (lo .. hi)' seeds per arm."""
+  if value is None:
+    return 'n/a'
+  lo, hi = ci if ci else (None, None)
+  bounds = f' ({lo:.0f} .. {hi:.0f})' if None not in (lo, hi) else ''
+  return f'{value:.0f}{bounds}'
+
+
+def seeds_headers(summary):
+  return [f'seeds/arm for {100 * d:g}pp' for d in summary.get('seeds_needed_deltas', [])]
 
 
 def table_rows(summary, groups=None):
   """Header and rows of the table (strings), one row per group (default: the main test set's)."""
   groups = summary['groups'] if groups is None else groups
   keys = swept_keys(groups)
-  header = ['group'] + keys + [h for _, h, _ in COLUMNS]
+  seeds = seeds_headers(summary)
+  header = ['group'] + keys + [h for _, h, _ in COLUMNS] + seeds
   rows = []
   for g in groups:
     row = [g.get('name', str(g['group']))]
     row += [f"{g['values'][k]:.4g}" if isinstance(g['values'].get(k), float)
             else str(g['values'].get(k, '')) for k in keys]
     row += [_fmt(g.get(key), fmt) for key, _, fmt in COLUMNS]
+    needed, ci = g.get('seeds_needed') or [None] * len(seeds), g.get('seeds_needed_ci')
+    row += [_seeds(needed[d], ci[d] if ci else None) for d in range(len(seeds))]
     rows.append(row)
   return header, rows
+
+
+NOTES = (
+    'std: over the group\'s models (ddof 1), with a 95% chi-squared CI (exact for normally '
+    'distributed accuracies); indep. std: what independent per-example errors predict; '
+    'ratio = std^2 / indep. std^2; dist. std: unbiased distribution-wise std (0 when its '
+    'estimate is negative), its CI the chi-squared CI of the variance minus indep. std^2 '
+    '(same assumption; conditional on the test set); disagreement vs error: equal for a '
+    'class-wise calibrated ensemble (GDE); CACE: class-aggregated calibration error of the '
+    'vote fraction (Jiang et al. 2022, Eq. 6), biased upward when the group has few models '
+    '(read it with the models column); ensembles: plurality vote (ties to the larger summed '
+    'softmax) and mean softmax of all the group\'s models; seeds/arm: seeds per arm for a '
+    'two-arm comparison to detect that accuracy difference with power {power:g} at level '
+    '{alpha:g} (two-sided), n = 2 (z_(1-alpha/2) + z_power)^2 std^2 / difference^2, in '
+    'brackets at the ends of the std CI.')
 
 
 def write_markdown(summary, path, per_example=None):
@@ -101,20 +138,28 @@ def write_markdown(summary, path, per_example=None):
            f"({summary.get('test_set', '')})", '',
            '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-  lines += ['', 'std: over the group\'s models (ddof 1), with a 95% bootstrap CI; indep. std: '
-            'what independent per-example errors predict; ratio = std^2 / indep. std^2; '
-            'dist. std: unbiased distribution-wise std (0 when its estimate is negative); '
-            'disagreement vs error: equal for a class-wise calibrated ensemble (GDE).', '']
+  lines += ['', NOTES.format(power=summary.get('seeds_needed_power', 0.8),
+                             alpha=summary.get('seeds_needed_alpha', 0.05)), '']
   for extra in summary.get('extra_test_sets', []):
     header, rows = table_rows(summary, extra['groups'])
     lines += [f"## Distribution shift: {extra['name']} ({extra['num_test']} images)", '',
               '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows] + ['']
   lines += difficulty_lines(summary)
-  plots = list(PLOTS if per_example is not None else PLOTS[:3])
+  plots = variance_plots(summary, per_example)
   lines += [f'![{name}]({name})' for name in plots + difficulty_plots(summary, per_example)]
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+def variance_plots(summary, per_example):
+  """The variance plots this run's data supports (``per_example``: the npz or None)."""
+  plots = list(PLOTS[:3])
+  if 'ensemble_sizes' in summary['groups'][0]:
+    plots.append(ENSEMBLE_PLOT)
+  if per_example is not None:
+    plots.append(PLOTS[3])
+  return plots
 
 
 def difficulty_lines(summary):
@@ -126,7 +171,7 @@ def difficulty_lines(summary):
   median = levels.index(0.5) if 0.5 in levels else len(levels) // 2
   forgetting = {g['group']: g for g in summary.get('forgetting', {}).get('groups', [])}
   header = ['group', 'r(median margin, acc)', 'r(median norm. margin, acc)', 'mean depth',
-            'r(depth, p_i)', 'forgetting events', 'r(forgetting, p_i)']
+            'r(depth, p_i)', 'forgetting events', 'never learned', 'r(forgetting, p_i)']
   lines = ['## Example difficulty', '', '| ' + ' | '.join(header) + ' |',
            '|' + ' --- |' * len(header)]
   pick = lambda v: v[median] if isinstance(v, list) else None
@@ -138,13 +183,18 @@ def difficulty_lines(summary):
            _fmt(g.get('mean_prediction_depth'), '{:.2f}'),
            _fmt(g.get('depth_accuracy_corr'), '{:.2f}'),
            _fmt(f.get('mean_forgetting_events'), '{:.3f}'),
+           _fmt(f.get('never_learned'), '{:.1%}'),
            _fmt(f.get('forgetting_accuracy_corr'), '{:.2f}')]
     lines.append('| ' + ' | '.join(row) + ' |')
+  probes = summary.get('depth_probes')
   lines += ['', 'r: Pearson correlation; of margin quantiles with test accuracy across the '
-            'group\'s models; of prediction depth (k-NN probes, 0 = decided at the first '
-            'group) and forgetting events with the example accuracy p_i across examples '
-            '(forgetting: probe training examples, p_i after the last epoch). n/a: not '
-            'measured or too few models.', '']
+            'group\'s models; of prediction depth (k-NN probes' + (
+                f" at {', '.join(probes)}" if probes else '') + '; 0 = every probe agrees '
+            'with the final prediction) and forgetting events with the example accuracy p_i '
+            'across examples (forgetting: probe training examples, p_i after the last epoch; '
+            'events averaged over the (model, example) pairs ever classified right, the '
+            'never-right ones counted apart as never learned). n/a: not measured or too few '
+            'models.', '']
   return lines
 
 
@@ -164,19 +214,26 @@ def difficulty_plots(summary, per_example):
 def write_csv(summary, path):
   groups = summary['groups']
   keys = swept_keys(groups)
-  metric_keys = [k for k, _, _ in COLUMNS if k != 'std_accuracy_ci']
+  metric_keys = [k for k, _, fmt in COLUMNS if fmt != CI]
+  deltas = summary.get('seeds_needed_deltas', [])
+  seeds = [f'seeds_needed_{d:g}{end}' for d in deltas for end in ('', '_low', '_high')]
   with open(path, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['test_set', 'group', 'name'] + keys + metric_keys
-               + ['std_ci_low', 'std_ci_high'])
+               + ['std_ci_low', 'std_ci_high', 'distribution_std_ci_low',
+                  'distribution_std_ci_high'] + seeds)
     sets = [(summary.get('test_set', 'test'), groups)] + [
         (e['name'], e['groups']) for e in summary.get('extra_test_sets', [])]
     for test_set, rows in sets:
       for g in rows:
-        ci = g.get('std_accuracy_ci') or [None, None]
+        intervals = [v for k in ('std_accuracy_ci', 'distribution_std_ci')
+                     for v in (g.get(k) or [None, None])]
+        needed = g.get('seeds_needed') or [None] * len(deltas)
+        needed_ci = g.get('seeds_needed_ci') or [[None, None]] * len(deltas)
         w.writerow([test_set, g['group'], g.get('name', '')]
                    + [g['values'].get(k) for k in keys]
-                   + [g.get(k) for k in metric_keys] + list(ci))
+                   + [g.get(k) for k in metric_keys] + intervals
+                   + [v for n, ci in zip(needed, needed_ci) for v in (n, *ci)])
 
 
 def _x_axis(groups):
@@ -206,11 +263,15 @@ def plot_all(summary, per_example, workdir):
   pct = lambda key: 100 * _num([g.get(key) for g in groups])[order]
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  ci = np.array([g.get('std_accuracy_ci') or [None, None] for g in groups], dtype=float)[order]
-  ax.plot(x[order], pct('std_accuracy'), 'o-', label='test-set std (95% CI band)')
-  ax.fill_between(x[order], 100 * ci[:, 0], 100 * ci[:, 1], alpha=0.25)
+  band = lambda key: 100 * np.array([g.get(key) or [None, None] for g in groups],
+                                    dtype=float)[order]
+  ci, dist_ci = band('std_accuracy_ci'), band('distribution_std_ci')
+  line, = ax.plot(x[order], pct('std_accuracy'), 'o-', label='test-set std (95% CI band)')
+  ax.fill_between(x[order], ci[:, 0], ci[:, 1], alpha=0.2, color=line.get_color())
   ax.plot(x[order], pct('independent_std'), 's--', label='std predicted by independent errors')
-  ax.plot(x[order], pct('distribution_std'), '^-', label='distribution-wise std')
+  line, = ax.plot(x[order], pct('distribution_std'), '^-',
+                  label='distribution-wise std (95% CI band)')
+  ax.fill_between(x[order], dist_ci[:, 0], dist_ci[:, 1], alpha=0.2, color=line.get_color())
   if log:
     ax.set_xscale('log', base=2)
   ax.set_xlabel(AXIS_LABELS.get(xlabel, xlabel))
@@ -253,7 +314,35 @@ def plot_all(summary, per_example, workdir):
     _histograms(plt, [p[g] for g in range(len(groups))], names,
                 'per-example accuracy p_i over the group\'s models', 'test examples',
                 os.path.join(workdir, PLOTS[3]), bins=np.linspace(0, 1, 21))
+  if ENSEMBLE_PLOT in variance_plots(summary, per_example):
+    plot_ensemble_sizes(summary, workdir, plt)
   plot_difficulty(summary, per_example, workdir, plt)
+
+
+def plot_ensemble_sizes(summary, workdir, plt):
+  """Vote and softmax ensemble accuracy against ensemble size, one panel per group."""
+  groups = summary['groups']
+  cols = min(4, len(groups))
+  rows = -(-len(groups) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+  for ax, g in zip(axes.flat, groups):
+    sizes = np.array(g.get('ensemble_sizes') or [], float)
+    for key, label in (('ensemble_size_accuracy_vote', 'plurality vote'),
+                       ('ensemble_size_accuracy_softmax', 'mean softmax')):
+      ax.plot(sizes, 100 * _num(g.get(key) or []), 'o-', label=label)
+    if sizes.size and sizes.max() > 1:
+      ax.set_xscale('log', base=2)
+    ax.set_title(g.get('name', str(g['group'])), fontsize=8)
+    ax.set_xlabel('ensemble size (models)', fontsize=8)
+    ax.set_ylabel('test accuracy (%)', fontsize=8)
+    ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(groups):]:
+    ax.axis('off')
+  fig.suptitle(f"Ensemble accuracy against size (mean over up to "
+               f"{summary.get('ensemble_subsets', '?')} random subsets per size)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, ENSEMBLE_PLOT), dpi=110)
+  plt.close(fig)
 
 
 def plot_difficulty(summary, per_example, workdir, plt):
@@ -294,7 +383,9 @@ def plot_difficulty(summary, per_example, workdir, plt):
       # Binned means make the trend readable through the scatter.
       bins = np.linspace(0, 1, 11)
       which = np.clip(np.digitize(p[g], bins) - 1, 0, 9)
-      means = [y[g][which == b].mean() if np.any(which == b) else np.nan for b in range(10)]
+      # NaN: forgetting of a probe no model ever got right (counted as never learned).
+      means = [np.nanmean(y[g][which == b]) if np.any((which == b) & np.isfinite(y[g]))
+               else np.nan for b in range(10)]
       ax.plot((bins[:-1] + bins[1:]) / 2, means, 'k.-', label='bin mean')
       ax.set_title(name, fontsize=8)
       ax.set_xlabel(xlabel, fontsize=7)
@@ -331,7 +422,7 @@ def write_report(workdir):
   write_markdown(summary, os.path.join(workdir, 'report.md'), per_example)
   write_csv(summary, os.path.join(workdir, 'report.csv'))
   plot_all(summary, per_example, workdir)
-  outputs = ['report.md', 'report.csv'] + list(PLOTS if per_example is not None else PLOTS[:3])
+  outputs = ['report.md', 'report.csv'] + variance_plots(summary, per_example)
   outputs += difficulty_plots(summary, per_example)
   return [os.path.join(workdir, name) for name in outputs]
 

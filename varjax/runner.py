@@ -55,8 +55,13 @@ def run_points(points, workdir, train_fn=train.train_and_evaluate):
 
 # Per-group arrays of per_example.npz, (G, ...) in each point, stacked over points.
 MERGED_PER_GROUP_ARRAYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std',
-                           'forgetting_mean', 'never_learned', 'first_learned_mean',
+                           'forgetting_mean', 'never_learned', 'learned_epoch_mean',
                            'cumulative_accuracy', 'probe_accuracy')
+
+
+# Settings that label the statistics (train.analysis_settings), taken from the first point.
+SHARED_SETTINGS = ('seeds_needed_deltas', 'seeds_needed_power', 'seeds_needed_alpha',
+                   'ensemble_subsets', 'confidence_level', 'depth_probes')
 
 
 def merge(points, workdir):
@@ -91,7 +96,8 @@ def merge(points, workdir):
             'test_set': first.get('test_set'), 'num_models': len(models),
             'points': [{'name': p['name'], 'values': p['values']} for p in points],
             'models': models, 'groups': groups,
-            'margin_quantile_levels': first.get('margin_quantile_levels')}
+            'margin_quantile_levels': first.get('margin_quantile_levels'),
+            **{k: first[k] for k in SHARED_SETTINGS if k in first}}
   if len(forgetting) == len(groups):
     merged['forgetting'] = {**first['forgetting'], 'groups': forgetting}
   train.write_json_atomic(os.path.join(workdir, train.SUMMARY_FILE), merged)

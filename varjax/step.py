@@ -186,9 +186,10 @@ def final_variables(state, plan):
 def make_eval_forward(model, tta_level):
   """Returns forward(variables, images_u8) -> (logits (b, K), embeddings).
 
-  ``embeddings`` holds each conv group's pooled embedding (b, width), averaged
-  over the TTA views with the logits' weights; the head is linear without bias,
-  so the TTA logits are exactly the head applied to the last embedding.
+  ``embeddings``: {'features': the head's input (b, widths[-1]), 'probes': a
+  tuple of the pooled activations (b, D_l) at ``model.probes``}, each averaged
+  over the TTA views with the logits' weights; the head is linear without
+  bias, so the TTA logits are exactly the head applied to the features.
   """
 
   def forward(variables, images_u8):
@@ -201,7 +202,8 @@ def make_eval_forward(model, tta_level):
     per_view = lambda a: a.astype(jnp.float32).reshape((len(views), x.shape[0]) + a.shape[1:])
     average = lambda a: jnp.tensordot(weights, per_view(a), axes=1)
     sown = sown['intermediates']
-    embeddings = tuple(average(sown[f'embedding{i + 1}'][0]) for i in range(len(model.widths)))
+    embeddings = {'features': average(sown['features'][0]),
+                  'probes': tuple(average(sown[place][0]) for place in model.probes)}
     return average(logits), embeddings
 
   return forward

@@ -42,10 +42,10 @@ PER_EXAMPLE_KEYS = (analysis.PER_EXAMPLE_KEYS + analysis.PAIRWISE_KEYS
                     + analysis.PER_MODEL_EXAMPLE_KEYS)
 # Forgetting records (N, P) and their aggregates (G, P) -> per_example.npz names.
 DYNAMICS_ARRAYS = {'correct': 'probe_correct', 'forgetting_events': 'forgetting_events',
-                   'first_learned': 'first_learned_epoch',
+                   'learned_epoch': 'learned_epoch',
                    'cumulative_correct': 'cumulative_correct',
                    'forgetting_mean': 'forgetting_mean', 'never_learned': 'never_learned',
-                   'first_learned_mean': 'first_learned_mean',
+                   'learned_epoch_mean': 'learned_epoch_mean',
                    'cumulative_accuracy': 'cumulative_accuracy',
                    'probe_accuracy': 'probe_accuracy', 'probe_labels': 'probe_labels'}
 DYNAMICS_PER_MODEL = ('mean_forgetting_events', 'never_learned_fraction',
@@ -137,10 +137,13 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
   def evaluate(state, images, labels):
     stats = analysis.init(ens.num_models, num_examples, num_classes, groups,
                           num_groups=int(ens.groups.max()) + 1,
-                          num_bootstrap=analysis_config.num_bootstrap,
                           alpha_trim_resamples=analysis_config.alpha_trim_resamples,
                           seed=analysis_config.seed,
                           margin_quantiles=tuple(analysis_config.margin_quantiles),
+                          ensemble_subsets=analysis_config.ensemble_subsets,
+                          seeds_needed_deltas=tuple(analysis_config.seeds_needed_deltas),
+                          seeds_needed_power=analysis_config.seeds_needed_power,
+                          seeds_needed_alpha=analysis_config.seeds_needed_alpha,
                           prediction_depth=ens.depth_k is not None,
                           feature_dim=(ens.model.widths[-1]
                                        if ens.config.difficulty.normalized_margin else None))
@@ -156,7 +159,7 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
 
 
 def support_embeddings(ens, state, images, batch_size):
-  """Each conv group's embeddings (N, S, width) of the support images, batch by batch."""
+  """Each probe place's embeddings (N, S, D_l) of the support images, batch by batch."""
   parts = [ens.embeddings(state, images[start:start + batch_size])
            for start in range(0, images.shape[0], batch_size)]
   return tuple(jnp.concatenate(layer, axis=1) for layer in zip(*parts))
@@ -299,7 +302,8 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   if is_writer:
     summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels,
                             diverged, extra, dynamics)
-  for line in analysis.report_lines(results, sweep.point_names(config)):
+  for line in analysis.report_lines(results, sweep.point_names(config),
+                                    tuple(config.analysis.seeds_needed_deltas)):
     logging.info('%s', line)
   return summary
 
@@ -310,12 +314,23 @@ def _model_metrics(results, k):
              if name != 'accuracy' and name in results}}
 
 
+# Per-group lists over ensemble sizes, 0-padded to the longest group's ladder.
+ENSEMBLE_SIZE_KEYS = ('ensemble_sizes', 'ensemble_size_accuracy_vote',
+                      'ensemble_size_accuracy_softmax')
+
+
 def _group_rows(ens, results):
   points = sweep.grid_points(ens.config)  # config units, one per group
   names, values = sweep.point_names(ens.config), sweep.swept_values(ens.config)
-  return [{'group': g, 'name': names[g], 'values': values[g], **points[g],
+  rows = []
+  for g in range(int(ens.groups.max()) + 1):
+    row = {'group': g, 'name': names[g], 'values': values[g], **points[g],
            **{k: _json_value(results[k][g]) for k in analysis.PER_GROUP_KEYS if k in results}}
-          for g in range(int(ens.groups.max()) + 1)]
+    if 'ensemble_sizes' in row:
+      used = int(np.sum(np.asarray(results['ensemble_sizes'][g]) > 0))
+      row.update({k: row[k][:used] for k in ENSEMBLE_SIZE_KEYS})
+    rows.append(row)
+  return rows
 
 
 def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged,
@@ -350,14 +365,17 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
                           for k in np.flatnonzero(diverged >= 0)],
              'models': models, 'groups': _group_rows(ens, results),
              'extra_test_sets': extra,
-             'margin_quantile_levels': list(ens.config.analysis.margin_quantiles)}
+             'margin_quantile_levels': list(ens.config.analysis.margin_quantiles),
+             **analysis_settings(ens.config)}
   if dynamics is not None:
     summary['forgetting'] = {
         'probes': f"training images [0, {ens.num_probes})", 'num_probes': ens.num_probes,
         'epochs_recorded': int(dynamics['epochs'].max()),
-        'groups': [{'group': g, 'mean_forgetting_events': _json_value(
-                        dynamics['forgetting_mean'][g].mean()),
-                    'never_learned': _json_value(dynamics['never_learned'][g].mean()),
+        # Events are means over the (model, probe) pairs ever classified right;
+        # the never-right pairs (Toneva et al.'s infinitely forgotten) are counted apart.
+        'groups': [{'group': g,
+                    'mean_forgetting_events': _json_value(dynamics['group_forgetting_events'][g]),
+                    'never_learned': _json_value(dynamics['group_never_learned'][g]),
                     'forgetting_accuracy_corr': _json_value(
                         dynamics['forgetting_accuracy_corr'][g])}
                    for g in range(len(summary['groups']))]}
@@ -381,11 +399,26 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
   return summary
 
 
+def analysis_settings(config):
+  """The settings that label the summary's statistics (the report's column headers)."""
+  a, d = config.analysis, config.difficulty
+  settings = {'seeds_needed_deltas': list(a.seeds_needed_deltas),
+              'seeds_needed_power': a.seeds_needed_power,
+              'seeds_needed_alpha': a.seeds_needed_alpha,
+              'ensemble_subsets': a.ensemble_subsets,
+              'confidence_level': analysis.CI_LEVEL}
+  if d.prediction_depth:
+    settings['depth_probes'] = list(d.depth_probes)
+  return settings
+
+
 def _json_value(x):
-  """A float or list of floats, with NaN (statistics of groups too small) as null."""
+  """A float or (nested) list of floats, with NaN (statistics of groups too small) as null."""
   x = np.asarray(x)
   if np.issubdtype(x.dtype, np.integer):
     return x.tolist()
+  if x.ndim > 1:
+    return [_json_value(row) for row in x]
   x = x.astype(np.float64)
   return [None if np.isnan(v) else float(v) for v in x] if x.ndim else (
       None if np.isnan(x) else float(x))

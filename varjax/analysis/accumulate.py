@@ -1,10 +1,11 @@
 """Streaming accumulators: logits of N models fold into small device arrays.
 
 The state is a dict of arrays whose shapes carry every static size (N, n, K,
-groups, bootstrap resamples, alpha grid), so ``update`` jits with the state as a
-plain pytree and never needs the host. All per-batch reductions are elementwise,
-reductions over the batch, or contractions with the (N, G) one-hot membership,
-so logits sharded on the models axis give the same result.
+groups, ensemble subsets, resamples, alpha grid), so ``update`` jits with the
+state as a plain pytree and never needs the host. All per-batch reductions are
+elementwise, reductions over the batch, or contractions with the (N, G) one-hot
+membership or the (S, N) ensemble subsets, so logits sharded on the models
+axis give the same result.
 
 Example:
   >>> state = init(4, 100, 10, groups=[0, 0, 1, 1])
@@ -16,14 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varjax.analysis import agreement
+from varjax.analysis import power
+from varjax.analysis import variance
+
 NUM_ECE_BINS = 15
 DEFAULT_ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(10))
 
 
 def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
-         num_bootstrap=1000, alpha_trim_resamples=100, alpha_grid=None, seed=0,
-         margin_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), prediction_depth=False,
-         feature_dim=None):
+         alpha_trim_resamples=100, alpha_grid=None, seed=0,
+         margin_quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), ensemble_subsets=16,
+         seeds_needed_deltas=(0.001, 0.002, 0.005), seeds_needed_power=0.8,
+         seeds_needed_alpha=0.05, prediction_depth=False, feature_dim=None):
   """Empty accumulators for ``num_models`` models on ``num_examples`` examples.
 
   Args:
@@ -34,13 +40,16 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       of a sweep each), -1 for a model in no group (e.g. diverged: it gets its
       per-model metrics but joins no group statistic); default: all in group 0.
     num_groups: G; default max(groups) + 1.
-    num_bootstrap: resamples of models for ``std_accuracy_ci``.
     alpha_trim_resamples: resamples of the test set averaged in ``alpha_trim``
       (each costs a pass over all N x n margins; ~70 ms for 16 x 10,000 on 2
       CPU cores).
     alpha_grid: increasing trimming levels in [0, 0.5); default 0, 0.05, ..., 0.45.
-    seed: seeds both bootstraps.
+    seed: seeds the alpha-trimming resamples and the ensemble subsets.
     margin_quantiles: levels of the per-model margin quantiles.
+    ensemble_subsets: subsets of models averaged per group and ensemble size
+      for the accuracy-vs-size curve (every subset when there are fewer).
+    seeds_needed_deltas: accuracy differences (fractions) for ``seeds_needed``.
+    seeds_needed_power, seeds_needed_alpha: the comparison's power and level.
     prediction_depth: accumulate per-model prediction depths (``update``'s
       ``extras['depth']``).
     feature_dim: D of the last embedding, to accumulate normalized margins
@@ -51,7 +60,7 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
     A dict of device arrays (see ``update``).
 
   Example:
-    >>> state = init(8, 10_000, 10, groups=[0] * 4 + [1] * 4, num_bootstrap=200)
+    >>> state = init(8, 10_000, 10, groups=[0] * 4 + [1] * 4, ensemble_subsets=8)
   """
   n, k = num_examples, num_classes
   groups = np.zeros(num_models, np.int32) if groups is None else np.asarray(groups)
@@ -64,9 +73,14 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
   if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0) or grid[0] < 0 or (
       grid[-1] >= 0.5):
     raise ValueError(f'alpha_grid must increase within [0, 0.5), got {grid!r}')
-  if num_bootstrap < 1 or alpha_trim_resamples < 1:
-    raise ValueError(f'num_bootstrap and alpha_trim_resamples must be >= 1, got '
-                     f'{num_bootstrap}, {alpha_trim_resamples}')
+  if alpha_trim_resamples < 1 or ensemble_subsets < 1:
+    raise ValueError(f'alpha_trim_resamples and ensemble_subsets must be >= 1, got '
+                     f'{alpha_trim_resamples}, {ensemble_subsets}')
+  deltas = np.asarray(seeds_needed_deltas, np.float32)
+  if deltas.ndim != 1 or deltas.size == 0 or np.any(deltas <= 0):
+    raise ValueError(f'seeds_needed_deltas must be positive, got {seeds_needed_deltas!r}')
+  subsets, slots, sizes = agreement.ensemble_subsets(
+      groups, num_groups, ensemble_subsets, np.random.default_rng([seed, 2]))
   i32, f32 = jnp.int32, jnp.float32
   optional = {}
   if prediction_depth:
@@ -93,9 +107,16 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       'group_correct': jnp.zeros((num_groups, n), i32),
       'prob_sum': jnp.zeros((num_groups, n, k), f32),
       'alpha_grid': jnp.asarray(grid),
+      'chi2_table': jnp.asarray(variance.chi2_table(num_models)),
+      'seeds_needed_deltas': jnp.asarray(deltas),
+      'seeds_needed_z': jnp.asarray(power.z_sum(seeds_needed_alpha, seeds_needed_power), f32),
+      # Accuracy against ensemble size: fixed subsets, their ensembles scored per batch.
+      'subset_member': jnp.asarray(subsets),
+      'subset_slot': jnp.asarray(slots),
+      'ensemble_sizes': jnp.asarray(sizes),
+      'subset_correct_vote': jnp.zeros((len(slots),), i32),
+      'subset_correct_softmax': jnp.zeros((len(slots),), i32),
       # One key per resample: the shapes carry the counts, the values the seed.
-      'bootstrap_keys': jax.random.key_data(
-          jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), num_bootstrap)),
       'trim_keys': jax.random.key_data(
           jax.random.split(jax.random.fold_in(jax.random.key(seed), 0), alpha_trim_resamples)),
   }
@@ -167,6 +188,9 @@ def update(state, logits, labels, example_ids, extras=None):
   new['group_correct'] = state['group_correct'].at[:, ids].add(_count(member.T @ correct))
   new['prob_sum'] = state['prob_sum'].at[:, ids].add(
       jnp.einsum('ng,nbk->gbk', member, probs, precision=hi))
+  vote, soft = agreement.subset_correct(state['subset_member'], pred_1h, probs, labels)
+  new['subset_correct_vote'] = state['subset_correct_vote'] + vote
+  new['subset_correct_softmax'] = state['subset_correct_softmax'] + soft
   extras = extras or {}
   for name in ('depth', 'feature_margin'):
     if name in state:

@@ -13,7 +13,10 @@ With ``--difficulty`` (default on), one more line per N and example-difficulty
 probe (config.difficulty): its evaluation seconds per test batch against the
 plain evaluation (``over_plain``), its one-off cost (the depth support set's
 embeddings), and for forgetting the probe pass per epoch against an epoch of
-training steps (``over_train_epoch``).
+training steps (``over_train_epoch``). Prediction depth is timed twice: with
+the config's ``depth_probes`` (default: the input, the whitening output and
+every conv, 8 places) and with only the three conv groups' outputs
+(``prediction_depth_groups``), so the extra probes' cost is their difference.
 """
 
 import json
@@ -55,6 +58,8 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
   train_images = jnp.asarray(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8))
   train_labels = jnp.asarray(rng.integers(0, 10, num_train).astype(np.int32))
   variants = {'plain': {}, 'normalized_margin': {'normalized_margin': True},
+              'prediction_depth_groups': {'prediction_depth': True,
+                                          'depth_probes': airbench.GROUP_PROBES},
               'prediction_depth': {'prediction_depth': True}, 'forgetting': {'forgetting': True}}
   plain_s = None
   for name, switches in variants.items():
@@ -67,12 +72,13 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
     state = ens.init(kernel)
     row = {'probe': name, 'num_models': num_models, 'batch': images.shape[0]}
     support, support_labels = (), None
-    if name == 'prediction_depth':
+    if name.startswith('prediction_depth'):
       size = c.difficulty.depth_support_size
       embed = lambda: train_lib.support_embeddings(ens, state, train_images[:size],
                                                    c.eval.batch_size)
       row['support_s'] = round(timed(embed, 1), 3)
-      row.update(support_size=size, k=c.difficulty.depth_k)
+      row.update(support_size=size, k=c.difficulty.depth_k,
+                 probes=len(c.difficulty.depth_probes))
       support, support_labels = embed(), train_labels[:size]
     if name == 'forgetting':
       probes = (train_images[:ens.num_probes], train_labels[:ens.num_probes])
@@ -108,8 +114,8 @@ def main(argv):
     logits = jnp.asarray(rng.normal(size=(num_models, b, 10)).astype(np.float32))
     groups = np.arange(num_models) % 2
     stats = analysis.init(num_models, n, 10, groups,
-                          num_bootstrap=config.analysis.num_bootstrap,
-                          alpha_trim_resamples=config.analysis.alpha_trim_resamples)
+                          alpha_trim_resamples=config.analysis.alpha_trim_resamples,
+                          ensemble_subsets=config.analysis.ensemble_subsets)
     update = jax.jit(analysis.update)
     update_s = timed(lambda: update(stats, logits, labels, ids), repeats)
     for start in range(0, n, b):  # fill the state so finalize sees real values
@@ -124,6 +130,7 @@ def main(argv):
         'update_over_forward': round(update_s / forward_s, 4),
         'finalize_s': round(finalize_s, 2), 'num_examples': n,
         'alpha_trim_resamples': config.analysis.alpha_trim_resamples,
+        'num_subsets': int(stats['subset_member'].shape[0]),
         'state_mbytes': round(state_bytes / 2**20, 1)}), flush=True)
     if _DIFFICULTY.value:
       for row in difficulty_costs(config, num_models, images, labels, kernel, repeats):

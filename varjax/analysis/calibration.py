@@ -17,23 +17,30 @@ def ece(bin_conf, bin_correct, num_examples):
 def cace(votes, labels, group_size, num_models):
   """Class-aggregated calibration error of the vote fraction (Jiang et al. 2022).
 
-  CACE = sum_k sum_j P(v_k = j) |P(y = k | v_k = j) - j/M|, summed over classes
-  as in Jiang et al. (it bounds |disagreement - error|). With M models the vote
-  fraction takes M+1 values, so the per (class, vote count) sums are exact.
+  Def. 4.4 / Eq. 6 there, with h~_k(x) the fraction of the group's M models
+  that predict class k:
+    CACE = sum_q | sum_k [ P(Y = k, h~_k(X) = q) - q P(h~_k(X) = q) ] |,
+  q over the vote levels 0, 1/M, ..., 1: the classes are summed inside the
+  absolute value (this is what bounds |disagreement - error|). The per-level
+  sums are exact counts over (example, class) pairs.
+
+  With few models the estimate is biased upward (the empirical vote fraction
+  scatters around the true one, and |.| of a noisy sum is positive on
+  average), so read it together with M.
 
   Example:
     >>> cace(votes, labels, jnp.array([16.]), 16)   # doctest: +SKIP
   """
   _, n, k = votes.shape
   levels = num_models + 1
-  segment = jnp.arange(k) * levels + votes                       # (G, n, K)
   is_label = jax.nn.one_hot(labels, k, dtype=jnp.float32)       # (n, K)
 
-  def one_group(seg, m):
-    count = jax.ops.segment_sum(jnp.ones(n * k), seg.reshape(-1), k * levels)
-    hits = jax.ops.segment_sum(is_label.reshape(-1), seg.reshape(-1), k * levels)
-    fraction = (jnp.arange(k * levels) % levels) / m
-    return jnp.sum(jnp.abs(fraction * count - hits)) / n
+  def one_group(group_votes, m):
+    level = group_votes.reshape(-1)
+    count = jax.ops.segment_sum(jnp.ones(n * k), level, levels)
+    hits = jax.ops.segment_sum(is_label.reshape(-1), level, levels)
+    fraction = jnp.arange(levels) / m
+    return jnp.sum(jnp.abs(hits - fraction * count)) / n
 
-  out = jax.vmap(one_group)(segment, group_size)
+  out = jax.vmap(one_group)(votes, group_size)
   return jnp.where(group_size >= 1, out, jnp.nan)

@@ -17,13 +17,18 @@ from varjax.analysis import variance
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def row_correlation(x, y):
+def row_correlation(x, y, mask=None):
   """Pearson r of each row pair of x and y (G, n) across examples, shape (G,).
 
-  NaN for rows without spread.
+  ``mask`` (G, n) bool: only the examples where it holds count (x may be NaN
+  elsewhere). NaN for rows without spread.
   """
-  dx = x - x.mean(-1, keepdims=True)
-  dy = y - y.mean(-1, keepdims=True)
+  mask = jnp.ones(x.shape, bool) if mask is None else mask
+  w = mask.astype(jnp.float32)
+  count = jnp.maximum(w.sum(-1, keepdims=True), 1)
+  x, y = jnp.where(mask, x, 0), jnp.where(mask, y, 0)
+  dx = (x - (w * x).sum(-1, keepdims=True) / count) * w
+  dy = (y - (w * y).sum(-1, keepdims=True) / count) * w
   vx, vy = (dx * dx).sum(-1), (dy * dy).sum(-1)
   ok = (vx > 0) & (vy > 0)
   return jnp.where(ok, (dx * dy).sum(-1) / jnp.sqrt(jnp.where(ok, vx * vy, 1)), jnp.nan)
@@ -99,37 +104,51 @@ def depth_stats(depth, member, example_accuracy):
 def dynamics_stats(dynamics, member):
   """Forgetting and learning-speed summaries from the stacked records (N, P) of training.
 
-  Returns per model ``mean_forgetting_events``, ``never_learned_fraction``,
-  ``unforgettable_fraction`` (learned and never forgotten) (N,); per group and
-  probe example (G, P) ``forgetting_mean``, ``never_learned``, ``first_learned_mean``
-  (over the models that learned it; NaN if none did), ``cumulative_accuracy``
-  (fraction of epochs correct: a learning-speed proxy of the C-score) and
-  ``probe_accuracy`` (p_i after the last epoch); per group
-  ``forgetting_accuracy_corr`` (G,), Pearson r across probes of
-  ``forgetting_mean`` with ``probe_accuracy``.
+  Toneva et al. (2019) count an example that is never classified correctly as
+  forgotten infinitely often; here such (model, example) pairs are counted
+  apart (``never_learned``) and left out of every forgetting-event mean, so
+  "0 events" always means learned and kept. ``learned_epoch`` (per record)
+  is the epoch after which the example stayed correct up to the last epoch.
+
+  Returns per model (N,) ``mean_forgetting_events`` (over the probes it ever
+  got right; NaN if none), ``never_learned_fraction``,
+  ``unforgettable_fraction`` (got right and never forgotten); per group and
+  probe example (G, P) ``forgetting_mean`` (over the models that ever got it
+  right; NaN if none did), ``never_learned`` (fraction of models never
+  right), ``learned_epoch_mean`` (over the models that end correct; NaN if
+  none), ``cumulative_accuracy`` (fraction of epochs correct: a
+  learning-speed proxy of the C-score) and ``probe_accuracy`` (p_i after the
+  last epoch); per group (G,) ``group_forgetting_events`` (mean over the
+  group's ever-right (model, probe) pairs), ``group_never_learned`` and
+  ``forgetting_accuracy_corr``, the Pearson r across the probes that some model
+  got right of ``forgetting_mean`` with ``probe_accuracy``.
 
   Example:
     >>> stats = jax.jit(dynamics_stats)(state['dynamics'], member)   # doctest: +SKIP
   """
   events = dynamics['forgetting_events'].astype(jnp.float32)
-  learned = (dynamics['first_learned'] >= 0).astype(jnp.float32)
+  ever = (dynamics['cumulative_correct'] > 0).astype(jnp.float32)
+  learned = (dynamics['learned_epoch'] >= 0).astype(jnp.float32)
   epochs = jnp.maximum(dynamics['epochs'], 1).astype(jnp.float32)[:, None]
   size = member.sum(0)[:, None]
-  mean = lambda v: jnp.matmul(member.T, v, precision=HIGHEST) / jnp.maximum(size, 1)
-  learned_count = jnp.matmul(member.T, learned, precision=HIGHEST)
-  first_total = jnp.matmul(member.T, jnp.where(learned > 0, dynamics['first_learned'], 0)
-                           .astype(jnp.float32), precision=HIGHEST)
-  forgetting_mean = mean(events)
+  total = lambda v: jnp.matmul(member.T, v, precision=HIGHEST)
+  mean = lambda v: total(v) / jnp.maximum(size, 1)
+  ratio = lambda a, b: jnp.where(b > 0, a / jnp.maximum(b, 1), jnp.nan)
+  ever_count, ever_events = total(ever), total(events * ever)
+  forgetting_mean = ratio(ever_events, ever_count)
   probe_accuracy = mean(dynamics['correct'].astype(jnp.float32))
+  learned_total = total(jnp.where(learned > 0, dynamics['learned_epoch'], 0).astype(jnp.float32))
   return {
-      'mean_forgetting_events': events.mean(1),
-      'never_learned_fraction': (1 - learned).mean(1),
-      'unforgettable_fraction': (learned * (events == 0)).mean(1),
+      'mean_forgetting_events': ratio((events * ever).sum(1), ever.sum(1)),
+      'never_learned_fraction': (1 - ever).mean(1),
+      'unforgettable_fraction': (ever * (events == 0)).mean(1),
       'forgetting_mean': forgetting_mean,
-      'never_learned': mean(1 - learned),
-      'first_learned_mean': jnp.where(learned_count > 0,
-                                      first_total / jnp.maximum(learned_count, 1), jnp.nan),
+      'never_learned': mean(1 - ever),
+      'learned_epoch_mean': ratio(learned_total, total(learned)),
       'cumulative_accuracy': mean(dynamics['cumulative_correct'] / epochs),
       'probe_accuracy': probe_accuracy,
-      'forgetting_accuracy_corr': row_correlation(forgetting_mean, probe_accuracy),
+      'group_forgetting_events': ratio(ever_events.sum(1), ever_count.sum(1)),
+      'group_never_learned': jnp.where(size[:, 0] >= 1, mean(1 - ever).mean(1), jnp.nan),
+      'forgetting_accuracy_corr': row_correlation(forgetting_mean, probe_accuracy,
+                                                  ever_count > 0),
   }

@@ -19,11 +19,18 @@ import jax
 import jax.numpy as jnp
 
 EPSILON = 0.01
-BEYOND_GRID = 0.5  # reported when no grid level passes: "alpha >= 0.5"
+# A resample in which no grid level passes: alpha beyond the grid. Infinite so
+# that it can never be averaged in as a level; finalize counts these apart.
+BEYOND_GRID = float('inf')
 
 
 def kolmogorov_tolerance(num_examples):
-  """delta = sqrt(ln(2/eps)/n) + 1/n with eps = 0.01 (DKW bound plus one atom)."""
+  """delta = sqrt(ln(2/eps)/n) + 1/n with eps = 0.01, as in Banerjee et al. (SPEC §3).
+
+  This is sqrt(2) looser than the one-sample DKW bound sqrt(ln(2/eps)/(2n))
+  (P(sup |F_n - F| > t) <= 2 exp(-2 n t^2)); kept as the paper defines it, so
+  levels compare with its figures. The 1/n allows for one atom.
+  """
   return jnp.sqrt(jnp.log(2 / EPSILON) / num_examples) + 1 / num_examples
 
 
@@ -72,8 +79,8 @@ def alpha_trim_levels(margin, member, alpha_grid, weights):
     weights: (B, n) int multiplicities of each example in each resample (sum n).
 
   Returns:
-    The smallest grid level whose trimmed distance is <= delta, BEYOND_GRID if
-    none is, NaN for models whose group has fewer than 2 members.
+    The smallest grid level whose trimmed distance is <= delta, BEYOND_GRID
+    (inf) if none is, NaN for models whose group has fewer than 2 members.
 
   Example:
     >>> w = jnp.ones((1, margin.shape[1]), jnp.int32)                   # doctest: +SKIP

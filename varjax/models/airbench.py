@@ -5,6 +5,14 @@ the first epochs) -> GELU -> three groups [conv3x3, maxpool2, BN, GELU, conv3x3,
 GELU] of widths 64/256/256 (31 -> 15 -> 7 -> 3 pixels) -> global max pool ->
 linear (no bias) x 1/9. BatchNorm has no scale, eps 1e-12, momentum 0.6.
 
+Prediction-depth probes (Baldock et al. 2021 probe the input and every layer):
+``probes`` names the places whose pooled activations the forward sows into
+the 'intermediates' collection, in network order (PROBE_PLACES). Conv outputs
+(after their pool / BN / GELU) are max-pooled over space, as the head pools;
+the input and the whitening output have too few channels for that and are
+pooled to a PROBE_GRID x PROBE_GRID grid of cells (input: mean, the
+downsampled image; whitening: max), 48 and 384 features.
+
 Example:
   >>> model = Airbench(widths=(16, 32, 32))
   >>> variables = init_variables(model, jax.random.key(0), whiten_kernel)  # doctest: +SKIP
@@ -23,6 +31,10 @@ from varjax.models import conv as conv_lib
 from varjax.models import layers
 
 WHITEN_PATCH_CHANNELS = 3
+PROBE_PLACES = ('input', 'whiten', 'group1_conv1', 'group1_conv2', 'group2_conv1',
+                'group2_conv2', 'group3_conv1', 'group3_conv2')
+GROUP_PROBES = ('group1_conv2', 'group2_conv2', 'group3_conv2')  # each group's output
+PROBE_GRID = 4
 
 
 def torch_default_init(key, shape, dtype=jnp.float32):
@@ -55,6 +67,16 @@ def max_pool(x, size):
   ho, wo = h // size, w // size
   x = x[:, :ho * size, :wo * size]
   return x.reshape(n, ho, size, wo, size, c).max(axis=(2, 4))
+
+
+def grid_pool(x, cells, reduce):
+  """Pools NHWC maps to (n, cells * cells * C) over a grid of near-equal cells."""
+  h, w = x.shape[1:3]
+  rows = np.round(np.linspace(0, h, cells + 1)).astype(int)
+  cols = np.round(np.linspace(0, w, cells + 1)).astype(int)
+  pooled = [reduce(x[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1]], axis=(1, 2))
+            for i in range(cells) for j in range(cells)]
+  return jnp.stack(pooled, axis=1).reshape(x.shape[0], -1)
 
 
 class BatchNorm(nn.Module):
@@ -94,15 +116,16 @@ class ConvGroup(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    """Returns (the first conv's output after pool / BN / GELU, the group's output)."""
     act = lambda v: activation(v, self.gelu_approximate)
     k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
     x = conv_lib.conv3x3(x, k1, self.weight_grad, self.grad_slice)
     x = max_pool(x, 2)
-    x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
+    mid = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
     k2 = self.param('conv2', dirac_init, (3, 3, self.width, self.width))
-    x = conv_lib.conv3x3(x, k2, self.weight_grad, self.grad_slice)
+    x = conv_lib.conv3x3(mid, k2, self.weight_grad, self.grad_slice)
     x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm2')(x, train))
-    return x
+    return mid, x
 
 
 class Airbench(nn.Module):
@@ -119,6 +142,9 @@ class Airbench(nn.Module):
   # per slice for 'sliced'; a speed choice, the same maths.
   conv_weight_grad: str = 'xla'
   conv_grad_slice: int = 16
+  # Prediction-depth probe places sown at evaluation (a subset of PROBE_PLACES,
+  # in their order); the pooled head input is always sown as 'features'.
+  probes: Sequence[str] = ()
 
   @property
   def whiten_width(self):
@@ -130,39 +156,51 @@ class Airbench(nn.Module):
 
     ``whiten_bias_grad=False`` (the bias is frozen for the rest of training)
     stops the gradient at the whitening layer, so nothing of its backward runs.
+    Sows (free unless the caller asks for the 'intermediates' collection) the
+    pooled activation of each place in ``probes`` and the head's input
+    'features' (b, widths[-1]).
     """
+    unknown = [p for p in self.probes if p not in PROBE_PLACES]
+    if unknown:
+      raise ValueError(f'Unknown probe places {unknown}; choose from {PROBE_PLACES}.')
+
+    def probe(place, value, pool):
+      if place in self.probes:
+        self.sow('intermediates', place, pool(value))
+
+    spatial_max = lambda a: a.max(axis=(1, 2))
     k = self.whiten_kernel_size
     x = x.astype(self.dtype)
+    probe('input', x, lambda a: grid_pool(a, PROBE_GRID, jnp.mean))
     # Placeholder init: the real filters come from data (init_variables).
     w = self.param('whiten_kernel', nn.initializers.zeros,
                    (k, k, WHITEN_PATCH_CHANNELS, self.whiten_width))
-    b = self.param('whiten_bias', torch_default_init_bias(k * k * WHITEN_PATCH_CHANNELS),
-                   (self.whiten_width,))
+    # Zero, as airbench94 (its Conv zeroes every bias): no init randomness here.
+    b = self.param('whiten_bias', nn.initializers.zeros, (self.whiten_width,))
     if not whiten_bias_grad:
       b = jax.lax.stop_gradient(b)
     # Frozen filters: no kernel gradient to compute.
     x = layers.patch_conv(x, jax.lax.stop_gradient(w)) + b.astype(self.dtype)
     x = activation(x, self.gelu_approximate)
+    probe('whiten', x, lambda a: grid_pool(a, PROBE_GRID, jnp.max))
     for i, width in enumerate(self.widths):
-      x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
-                    self.conv_weight_grad, self.conv_grad_slice, name=f'group{i + 1}')(x, train)
-      # Pooled embedding per group, for probes (prediction depth); free unless
-      # the caller asks for the 'intermediates' collection.
-      self.sow('intermediates', f'embedding{i + 1}', x.max(axis=(1, 2)))
+      mid, x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
+                         self.conv_weight_grad, self.conv_grad_slice,
+                         name=f'group{i + 1}')(x, train)
+      probe(f'group{i + 1}_conv1', mid, spatial_max)
+      probe(f'group{i + 1}_conv2', x, spatial_max)
     x = x.max(axis=(1, 2))  # the 3x3 map is pooled whole
+    self.sow('intermediates', 'features', x)
     head = self.param('head', torch_default_init, (self.widths[-1], self.num_classes))
     logits = x @ head.astype(x.dtype)
     return logits.astype(jnp.float32) * self.head_scale
 
 
-def torch_default_init_bias(fan_in):
-  bound = 1.0 / np.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def from_config(model_config, dtype=jnp.float32, conv_weight_grad='xla', conv_grad_slice=16):
+def from_config(model_config, dtype=jnp.float32, conv_weight_grad='xla', conv_grad_slice=16,
+                probes=(), num_classes=10):
   return Airbench(widths=tuple(model_config.widths), conv_weight_grad=conv_weight_grad,
-                  conv_grad_slice=conv_grad_slice,
+                  num_classes=num_classes,
+                  conv_grad_slice=conv_grad_slice, probes=tuple(probes),
                   whiten_kernel_size=model_config.whiten_kernel_size,
                   bn_momentum=model_config.bn_momentum, bn_eps=model_config.bn_eps,
                   head_scale=model_config.head_scale,
