@@ -98,9 +98,9 @@ def test_preempted_run_resumed_on_two_processes_equals_one_process(tmp_path):
     for key in ga:  # pair means may sum in another order over another device layout
       if isinstance(ga[key], (str, dict)):
         assert ga[key] == gb[key], key
-      else:
+      else:  # (the floor: statistics near 0, e.g. a correlation of 0.0009)
         np.testing.assert_allclose(np.array(gb[key], float), np.array(ga[key], float),
-                                   rtol=1e-6, err_msg=key)
+                                   rtol=1e-6, atol=1e-7, err_msg=key)
   pa = np.load(tmp_path / 'one' / 'per_example.npz')
   pb = np.load(work / 'per_example.npz')
   for key in pa.files:

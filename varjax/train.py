@@ -147,7 +147,10 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
                           prediction_depth=ens.depth_k is not None,
                           feature_dim=(ens.model.widths[-1]
                                        if ens.config.difficulty.normalized_margin else None))
-    stats = jax.device_put(stats, replicated)
+    # From each process's own copy: device_put would first compare the copies across
+    # processes, and the NaN the state holds never equals itself.
+    stats = jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), replicated, lambda index, x=np.asarray(x): x[index]), stats)
     for start in range(0, num_examples, batch_size):
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
       outputs = ens.eval_outputs(state, x, y, support, support_labels)
