@@ -136,16 +136,20 @@ def get_config(arg=None):
 
   c.ensemble = ml_collections.ConfigDict()
   # Models per chunk of the step (one chunk's activations are live at a time);
-  # must divide the models per device. None: 4 on CPU, else what half the
-  # device memory holds (ensemble.default_models_per_chunk).
+  # must divide the models per device. None: 4 on CPU; on accelerators the
+  # largest chunk whose compiled train step and evaluation batch fit 90% of
+  # device memory (memory_plan.fit_models_per_chunk).
   c.ensemble.models_per_chunk = config_dict.placeholder(int)
   # How a chunk's models run: 'unrolled' (dense per-model ops; bit-identical to a
-  # model run alone), 'vmap' (batched ops; faster on accelerators), 'auto'
-  # (unrolled on CPU, vmap elsewhere).
+  # model run alone), 'vmap' (batched ops), 'grad_of_sum' (the forward vmapped,
+  # the gradient of the models' summed loss taken outside the vmap: the same
+  # gradients, batched backward kernels), 'auto' (unrolled on CPU, grad_of_sum
+  # on GPU, vmap on TPU: chosen from the compiled programs, BENCHMARKS.md).
   c.ensemble.formulation = 'auto'
   # 'float32' | 'bfloat16' (activations and convs; BatchNorm statistics, loss
-  # and optimiser stay float32).
-  c.ensemble.compute_dtype = 'float32'
+  # and optimiser stay float32) | 'auto' (float32 on CPU, bfloat16 on
+  # accelerators: half the compiled step's memory and traffic).
+  c.ensemble.compute_dtype = 'auto'
   # How chunks are iterated: 'scan' (one jitted while loop), 'host' (one jitted
   # call per chunk; XLA:CPU runs convolutions inside loops ~10x slower), 'auto'
   # (host on CPU, scan elsewhere).

@@ -21,3 +21,17 @@ def test_forward_flops_of_a_tiny_net_by_hand():
   assert bench.forward_flops_per_image((2, 3, 4)) == want
   whiten = 2 * 31 * 31 * 4 * 3 * 24
   assert bench.train_flops_per_image((2, 3, 4)) == 3 * (want - whiten) + whiten
+
+
+def test_frozen_whitening_bias_drops_the_first_convs_input_gradient():
+  # After the bias freezes nothing needs d(loss)/d(whitening output): one forward's
+  # worth of the first 3x3 conv (31x31, 24 -> widths[0]) less per image.
+  live = bench.train_flops_per_image((2, 3, 4))
+  frozen = bench.train_flops_per_image((2, 3, 4), whiten_bias_live=False)
+  assert live - frozen == 2 * 31 * 31 * 9 * 24 * 2
+
+
+def test_run_step_seconds_weights_the_two_programs_by_the_schedule():
+  times = {'live_step_s': 3.0, 'frozen_step_s': 1.0}
+  assert bench.run_step_seconds(times, 0.25) == 0.25 * 3.0 + 0.75 * 1.0
+  assert bench.run_step_seconds({'live_step_s': 3.0, 'frozen_step_s': None}, 0.25) == 3.0

@@ -9,6 +9,13 @@ import os
 import pathlib
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# The suite runs on CPU devices; with the compiler plugins installed ('.[aot]')
+# JAX would otherwise try to start CUDA and TPU backends too.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+from varjax import targets  # noqa: E402  (imports no JAX)
+
+targets.quiet_tpu_environment()  # before libtpu loads
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -99,3 +99,36 @@ def test_step_without_whitening_gradient_equals_masking_the_bias_update():
                  live[name], frozen[name])
   np.testing.assert_array_equal(frozen['params']['whiten_bias'], state['params']['whiten_bias'])
   np.testing.assert_allclose(live_metrics['loss'], frozen_metrics['loss'], rtol=1e-6)
+
+
+def test_grad_of_sum_step_equals_the_per_model_step():
+  # Two models with different data, keys and label smoothing: the gradient of the
+  # summed loss over stacked parameters is each model's own gradient.
+  config = tiny_config(**{'train.epochs': 4})
+  images, labels = class_colour_images(64)
+  plan = step_lib.StepPlan.from_config(config, 64)
+  model = airbench.from_config(config.model)
+  hparams = sweep.model_hparams(config, 2)
+  hparams['label_smoothing'] = np.array([0.0, 0.3], np.float32)
+  kernel = airbench.whitening_kernel_for(images, config.model)
+  one = lambda k: jax.tree.map(lambda v: v[k], hparams)
+  states = [step_lib.init_model_state(model, jax.random.key(k), kernel, one(k), plan)
+            for k in range(2)]
+  keys = [jax.random.key(10 + k) for k in range(2)]
+  orders = [jax.random.permutation(jax.random.key(20 + k), 64).astype(jnp.int32)
+            for k in range(2)]
+  per_model = jax.jit(step_lib.make_train_step(model, plan))
+  chunk = jax.jit(step_lib.make_grad_of_sum_step(model, plan))
+  stack = lambda *xs: jax.tree.map(lambda *v: jnp.stack(v), *xs)
+  stacked = stack(*states)
+  for s in range(3):  # the third step crosses into a new pass over the 64 images
+    want = [per_model(states[k], one(k), keys[k], orders[k], images, labels, s)
+            for k in range(2)]
+    states = [w[0] for w in want]
+    stacked, metrics = chunk(stacked, hparams, stack(*keys), jnp.stack(orders), images, labels,
+                             s)
+    for got, ref in zip(jax.tree.leaves((stacked, metrics)),
+                        jax.tree.leaves(stack(*want))):
+      # Float roundoff only: batched convolutions sum in another order.
+      scale = max(float(np.abs(ref).max()), 1e-3)
+      np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)

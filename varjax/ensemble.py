@@ -9,7 +9,12 @@ each device runs its own models in chunks of ``models_per_chunk``:
   function on CPU, where XLA runs convolutions inside loops ~10x slower;
 - within a chunk the models are 'unrolled' (each model's convolutions stay
   dense, bit-identical to the model run alone; ``vmap`` would make grouped
-  convolutions, ~40x slower on XLA:CPU) or 'vmap' (batched; for accelerators).
+  convolutions, ~40x slower on XLA:CPU), 'vmap' (batched; TPU's default) or
+  'grad_of_sum' (the forward vmapped, the gradient of the chunk's summed loss
+  taken outside the vmap: batched backward kernels; GPU's default).
+
+The programs are built from abstract shapes for any mesh (``programs.py``,
+``varjax.aot``); arrays are placed only when a program first runs.
 
 Independence: model ``first_model_id + k`` takes its init, data order and
 augmentation keys from ``(seed, id)`` alone (``model_key``), and nothing couples
@@ -22,14 +27,20 @@ Example:
   >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)  # doctest: +SKIP
 """
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from varjax import analysis
 from varjax import config_check
+from varjax import data as data_lib
 from varjax import difficulty as difficulty_lib
+from varjax import memory_plan
 from varjax import optim
+from varjax import programs
 from varjax import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
@@ -57,55 +68,28 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def activation_bytes_per_model(widths, batch_size, whiten_width=24, dtype_bytes=4):
-  """Rough bytes one model's train step keeps for its backward pass.
-
-  Counts the maps of every conv group (pre-pool conv output, pooled, BN, GELU;
-  three tensors at the pre-pool size, four after) and doubles it for gradients
-  and XLA's temporaries. About 4.4 GB for airbench94 at batch 1024 in float32.
-  """
-  size, floats = 31, 31 * 31 * whiten_width
-  for width in widths:
-    floats += 3 * size * size * width
-    size //= 2
-    floats += 4 * size * size * width
-  return 2 * floats * batch_size * dtype_bytes
-
-
-def default_models_per_chunk(models_per_device, platform, memory_bytes=None,
-                             bytes_per_model=None):
-  """Largest divisor of the per-device model count not above the backend's target.
-
-  CPU: 4 (a few models per chunk lets XLA overlap independent models' small ops).
-  Accelerators: as many models as half the device memory holds by
-  ``activation_bytes_per_model`` when both are known, else 16.
-  """
-  if platform == 'cpu':
-    target = 4
-  elif memory_bytes and bytes_per_model:
-    target = max(1, int(0.5 * memory_bytes // bytes_per_model))
-  else:
-    target = 16
-  return max(d for d in range(1, min(target, models_per_device) + 1)
-             if models_per_device % d == 0)
-
-
-def device_memory_bytes(device):
-  """The device's memory limit, or None where the backend does not report it."""
-  try:
-    return (device.memory_stats() or {}).get('bytes_limit')
-  except Exception:  # pylint: disable=broad-except  (backends without memory_stats)
-    return None
-
-
-FORMULATIONS = ('auto', 'unrolled', 'vmap')
+FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def resolve_compute_dtype(compute_dtype, platform):
+  """'auto': float32 on CPU, bfloat16 on accelerators (half the compiled step's
+  memory and traffic of float32 on H100 and v5e; BENCHMARKS.md)."""
+  if compute_dtype == 'auto':
+    return 'float32' if platform == 'cpu' else 'bfloat16'
+  return compute_dtype
+
+
 def resolve_formulation(formulation, platform):
-  """'auto': unrolled on CPU (vmap's grouped convs are ~40x slower there), vmap elsewhere."""
+  """'auto': what the compilers' output favours (BENCHMARKS.md, "Formulations").
+
+  CPU: unrolled (vmap's grouped convs are ~40x slower on XLA:CPU). GPU:
+  grad_of_sum (cuDNN backward-filter kernels where vmap makes map-sized forward
+  windows; the least memory and traffic of the three). TPU: vmap (the least
+  traffic; the same memory as grad_of_sum; unrolled compiles ~4x longer).
+  """
   if formulation == 'auto':
-    return 'unrolled' if platform == 'cpu' else 'vmap'
+    return {'cpu': 'unrolled', 'gpu': 'grad_of_sum'}.get(platform, 'vmap')
   return formulation
 
 
@@ -131,16 +115,22 @@ def resolve_conv_weight_grad(conv_weight_grad, platform):
   return conv_weight_grad
 
 
-def run_chunk(fn, chunk, shared, formulation):
-  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0)."""
-  if formulation == 'vmap':
+def run_chunk(fn, chunk, shared, formulation, chunk_fn=None):
+  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0).
+
+  ``chunk_fn(chunk, *shared)``, when given, computes the whole chunk at once
+  (the 'grad_of_sum' train step); other programs vmap under 'grad_of_sum'.
+  """
+  if chunk_fn is not None:
+    return chunk_fn(chunk, *shared)
+  if formulation in ('vmap', 'grad_of_sum'):
     return jax.vmap(lambda m: fn(m, *shared))(chunk)
   c = jax.tree.leaves(chunk)[0].shape[0]
   outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
+def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
   """Applies ``fn(per_model_args, *shared)`` to every model of stacked pytrees.
 
   The first ``num_per_model`` arguments of the mapped function are stacked
@@ -149,7 +139,8 @@ def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   Scans over chunks of ``models_per_chunk`` models; within a chunk the calls
   are unrolled ('unrolled': each model's ops stay dense, bit-identical to the
   model run alone) or vectorised ('vmap': batched/grouped ops, faster on
-  accelerators, not guaranteed bit-identical to a lone model).
+  accelerators, not guaranteed bit-identical to a lone model); ``chunk_fn``
+  replaces both (``run_chunk``).
   """
 
   def mapped(*per_model_and_shared):
@@ -160,14 +151,15 @@ def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
       raise ValueError(f'{n} models per device is not a multiple of '
                        f'ensemble.models_per_chunk={c}.')
     chunks = jax.tree.map(lambda x: x.reshape((n // c, c) + x.shape[1:]), per_model)
-    _, out = jax.lax.scan(lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation)),
-                          None, chunks)
+    _, out = jax.lax.scan(
+        lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation, chunk_fn)),
+        None, chunks)
     return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
 
   return mapped
 
 
-def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
+def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
   """The body of a host loop over chunks: ``(outputs, chunk, *args) -> outputs``.
 
   ``num_per_model`` counts the stacked arguments after ``outputs``.
@@ -180,21 +172,34 @@ def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled'):
   """
   c = models_per_chunk
 
-  def chunk_fn(outputs, chunk, *per_model_and_shared):
+  def body(outputs, chunk, *per_model_and_shared):
     per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
     start = chunk * c
     take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)
-    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation)
+    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation,
+                    chunk_fn)
     put = lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o.astype(buf.dtype), start, 0)
     return jax.tree.map(put, outputs, out)
 
-  return chunk_fn
+  return body
 
 
 class Ensemble:
-  """The compiled functions of an ensemble run and the arrays that parameterise them."""
+  """The programs of an ensemble run, and the arrays that parameterise them once placed.
 
-  def __init__(self, config, num_train, mesh=None):
+  The programs (init, orders, train step, evaluation outputs, analysis update)
+  are built from the config and the mesh alone, for any devices: real, fake
+  CPU, or compile-only (``varjax.aot``); ``programs.program(ens, name)`` gives
+  each one's jitted function with its abstract arguments. The model ids and
+  hyperparameters go onto the devices only when a program first runs.
+
+  ``memory_bytes``: per-device memory for choosing ``models_per_chunk``
+  (default: what the device reports). With ``ensemble.models_per_chunk`` unset
+  on an accelerator the chunk is fitted to the compiled train step and
+  evaluation batch (``memory_plan.fit_models_per_chunk``).
+  """
+
+  def __init__(self, config, num_train, mesh=None, memory_bytes=None):
     self.config = config
     self.mesh = make_mesh() if mesh is None else mesh
     self.num_models = config.num_models
@@ -207,12 +212,22 @@ class Ensemble:
     per_device = self.num_models // num_devices
     platform = self.mesh.devices.flat[0].platform
     chunk = config.ensemble.models_per_chunk
+    if memory_bytes is None:
+      memory_bytes = memory_plan.device_memory_bytes(self.mesh.devices.flat[0])
+    self.memory_bytes = memory_bytes
+    if config.ensemble.compute_dtype not in tuple(COMPUTE_DTYPES) + ('auto',):
+      raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
+                                     f"{tuple(COMPUTE_DTYPES) + ('auto',)}, got "
+                                     f'{config.ensemble.compute_dtype!r}.')
+    self.compute_dtype = resolve_compute_dtype(config.ensemble.compute_dtype, platform)
+    dtype_bytes = 2 if self.compute_dtype == 'bfloat16' else 4
+    # The rough formula's choice; on accelerators only the first guess.
+    self.formula_models_per_chunk = memory_plan.default_models_per_chunk(
+        per_device, platform, memory_bytes,
+        memory_plan.activation_bytes_per_model(config.model.widths, config.train.batch_size,
+                                               dtype_bytes=dtype_bytes))
     if chunk is None:
-      dtype_bytes = 2 if config.ensemble.compute_dtype == 'bfloat16' else 4
-      chunk = default_models_per_chunk(
-          per_device, platform, device_memory_bytes(self.mesh.devices.flat[0]),
-          activation_bytes_per_model(config.model.widths, config.train.batch_size,
-                                     dtype_bytes=dtype_bytes))
+      chunk = self.formula_models_per_chunk
     if chunk < 1 or per_device % chunk:
       raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
                                      f'{per_device} models per device.')
@@ -225,11 +240,7 @@ class Ensemble:
       raise config_check.ConfigError(f'ensemble.chunk_loop must be one of {CHUNK_LOOPS}, '
                                      f'got {config.ensemble.chunk_loop!r}.')
     self.chunk_loop = resolve_chunk_loop(config.ensemble.chunk_loop, platform)
-    if config.ensemble.compute_dtype not in COMPUTE_DTYPES:
-      raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
-                                     f'{tuple(COMPUTE_DTYPES)}, got '
-                                     f'{config.ensemble.compute_dtype!r}.')
-    dtype = COMPUTE_DTYPES[config.ensemble.compute_dtype]
+    dtype = COMPUTE_DTYPES[self.compute_dtype]
     self.vary = tuple(config.randomness.vary)
     unknown = set(self.vary) - set(PURPOSES)
     if unknown:
@@ -247,31 +258,69 @@ class Ensemble:
         config.model, dtype,
         resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
         config.ensemble.conv_grad_slice,
-        config.difficulty.depth_probes if config.difficulty.prediction_depth else ())
+        config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
+        num_classes=data_lib.num_classes(config.data))
     self.plan = step_lib.StepPlan.from_config(config, num_train)
     # Training examples [0, num_probes) are the forgetting probes (0: off).
     self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)
                        if config.difficulty.forgetting else 0)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
-    shard = model_sharding(self.mesh)
-    self.ids = jax.device_put(self.model_ids, shard)
-    self.hparams = jax.device_put(sweep.model_hparams(config, self.num_models), shard)
+    self.model_hparams = sweep.model_hparams(config, self.num_models)  # host arrays
     self.groups = sweep.model_groups(config, self.num_models)
+    self._placed = None
     self._zeros = {}
-    self._compiled = {}
+    self._executables, self.compile_seconds = {}, {}
+    self.analysis_update = jax.jit(analysis.update, donate_argnums=0)
     self._build()
+    self.chunk_trials = {}
+    # Fitted by compiling the programs (scan chunk loop) where memory is the limit.
+    if (config.ensemble.models_per_chunk is None and platform != 'cpu'
+        and memory_bytes is not None and self.chunk_loop == 'scan'):
+      self.models_per_chunk, self.chunk_trials = memory_plan.fit_models_per_chunk(
+          per_device, chunk, memory_bytes, self._chunk_bytes)
+      self._build()
 
-  def _sharded(self, fn, num_per_model, num_shared):
+  def _chunk_bytes(self, chunk):
+    """(fixed, temporary) bytes per device of the larger of the train step and the
+    evaluation batch (TTA views: more images per model than a training batch)
+    compiled for ``chunk``; None when the compiler runs out of memory."""
+    self.models_per_chunk = chunk
+    self._build()
+    try:
+      return max((memory_plan.compiled_bytes(self.compile(name))
+                  for name in ('train_step', 'eval_outputs')), key=sum)
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' in str(e):  # the compiler's own out-of-memory
+        return None
+      raise
+
+  def _place(self):
+    """The model ids and hyperparameters on the devices (placed once, on first use)."""
+    if self._placed is None:
+      shard = model_sharding(self.mesh)
+      self._placed = (jax.device_put(self.model_ids, shard),
+                      jax.device_put(self.model_hparams, shard))
+    return self._placed
+
+  @property
+  def ids(self):
+    return self._place()[0]
+
+  @property
+  def hparams(self):
+    return self._place()[1]
+
+  def _sharded(self, fn, num_per_model, num_shared, chunk_fn=None):
     """shard_map(map_models(fn)): per-model args first (sharded), then shared ones."""
-    mapped = map_models(fn, self.models_per_chunk, num_per_model, self.formulation)
+    mapped = map_models(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
     specs = (P(MODELS),) * num_per_model + (P(),) * num_shared
     return jax.shard_map(mapped, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
                          check_vma=False)
 
-  def _sharded_chunk(self, fn, num_per_model, num_shared):
+  def _sharded_chunk(self, fn, num_per_model, num_shared, chunk_fn=None):
     """shard_map(update_chunk(fn)), jitted with the outputs donated."""
-    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation)
+    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
     specs = (P(MODELS), P()) + (P(MODELS),) * num_per_model + (P(),) * num_shared
     sharded = jax.shard_map(body, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
                             check_vma=False)
@@ -283,6 +332,7 @@ class Ensemble:
     return self.num_models // self.mesh.devices.size // self.models_per_chunk
 
   def _build(self):
+    self._compiled = {}
     plan, model, seed, vary = self.plan, self.model, self.seed, self.vary
     key = lambda purpose, model_id: model_key(seed, purpose, model_id, vary)
 
@@ -296,21 +346,10 @@ class Ensemble:
       return jax.random.permutation(jax.random.fold_in(key('order', model_id), epoch),
                                     plan.num_train).astype(jnp.int32)
 
-    def step_fn(whiten_bias_live):
-      train_step = step_lib.make_train_step(model, plan, whiten_bias_live)
-
-      def step_one(per_model, images, labels, step):
-        state, hparams, model_id, order = per_model
-        return train_step(state, hparams, key('augment', model_id), order, images, labels,
-                          step)
-
-      return step_one
-
     forward = step_lib.make_eval_forward(model, plan.tta_level)
     self._eval_one = lambda per_model, images: forward(
         step_lib.final_variables(per_model[0], plan), images)[0]
-    self._embed_one = lambda per_model, images: forward(
-        step_lib.final_variables(per_model[0], plan), images)[1]['probes']
+    self._embed_one = lambda per_model, images: self.embed_one(per_model[0], images)
     difficulty = self.config.difficulty
     self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
     outputs = difficulty_lib.make_eval_outputs(forward, model.num_classes, model.head_scale,
@@ -330,18 +369,41 @@ class Ensemble:
     # Init and orders are cheap and run once per run / epoch: always one scan.
     self._init = jax.jit(self._sharded(init_one, 2, 1))
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
-    # Two programs: while the whitening bias trains, and after (no gradient
-    # through the whitening layer); each is compiled on first use.
-    self._steps = {}
-    for live in (True, False):
-      if self.chunk_loop == 'scan':
-        # The state (first argument) is donated: updated in place, no second copy.
-        self._steps[live] = jax.jit(self._sharded(step_fn(live), 4, 3), donate_argnums=0)
-      else:
-        # outputs = (state, metrics); the state is read from the outputs slice.
-        step_chunk = lambda per_model, *shared, fn=step_fn(live): fn(
-            (per_model[0][0],) + tuple(per_model[1:]), *shared)
-        self._steps[live] = self._sharded_chunk(step_chunk, 3, 3)
+    # Two step programs: while the whitening bias trains, and after it froze (no
+    # gradient through the whitening layer); each is compiled on first use.
+    self._steps = {live: self._step_program(key, live) for live in (True, False)}
+
+  def embed_one(self, state, images):
+    """One model's TTA-averaged pooled embeddings (b, D_l) at each depth probe place."""
+    forward = step_lib.make_eval_forward(self.model, self.plan.tta_level)
+    return forward(step_lib.final_variables(state, self.plan), images)[1]['probes']
+
+  def _step_program(self, key, whiten_bias_live):
+    """The jitted train step of every model (see ``train_step``)."""
+    plan, model = self.plan, self.model
+    train_step = step_lib.make_train_step(model, plan, whiten_bias_live)
+
+    def step_one(per_model, images, labels, step):
+      state, hparams, model_id, order = per_model
+      return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
+
+    step_chunk = None
+    if self.formulation == 'grad_of_sum':
+      grad_of_sum = step_lib.make_grad_of_sum_step(model, plan, whiten_bias_live)
+
+      def step_chunk(per_model, images, labels, step):  # a whole chunk in one gradient
+        state, hparams, model_ids, orders = per_model
+        keys = jax.vmap(lambda i: key('augment', i))(model_ids)
+        return grad_of_sum(state, hparams, keys, orders, images, labels, step)
+
+    if self.chunk_loop == 'scan':
+      # The state (first argument) is donated: updated in place, no second copy.
+      return jax.jit(self._sharded(step_one, 4, 3, step_chunk), donate_argnums=0)
+    # outputs = (state, metrics); the state is read from the outputs slice.
+    from_outputs = lambda per_model: (per_model[0][0],) + tuple(per_model[1:])
+    return self._sharded_chunk(
+        lambda per_model, *shared: step_one(from_outputs(per_model), *shared), 3, 3,
+        step_chunk and (lambda chunk, *shared: step_chunk(from_outputs(chunk), *shared)))
 
   def _per_model(self, name, fn, num_per_model, num_shared):
     """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.
@@ -436,3 +498,50 @@ class Ensemble:
     """``state`` with each model's forgetting record updated by one epoch's probe correctness."""
     dynamics = self._per_model('probes', self._probe_one, 1, 2)(state, images, labels)
     return {**state, 'dynamics': dynamics}
+
+  def analysis_init(self, num_examples, num_classes, groups=None, analysis_config=None):
+    """Empty analysis accumulators (host-built) for evaluating every model on
+    ``num_examples`` examples; ``groups`` defaults to ``self.groups``."""
+    a = self.config.analysis if analysis_config is None else analysis_config
+    return analysis.init(
+        self.num_models, num_examples, num_classes, self.groups if groups is None else groups,
+        num_groups=int(self.groups.max()) + 1,
+        alpha_trim_resamples=a.alpha_trim_resamples, seed=a.seed,
+        margin_quantiles=tuple(a.margin_quantiles), ensemble_subsets=a.ensemble_subsets,
+        seeds_needed_deltas=tuple(a.seeds_needed_deltas),
+        seeds_needed_power=a.seeds_needed_power, seeds_needed_alpha=a.seeds_needed_alpha,
+        prediction_depth=self.depth_k is not None,
+        feature_dim=self.model.widths[-1] if self.config.difficulty.normalized_margin else None)
+
+  def jitted(self, name, num_support=0):
+    """The jitted function of program ``name`` (``programs.PROGRAMS``; scan chunk loop).
+
+    ``num_support``: the prediction-depth support embeddings ``eval_outputs`` takes.
+    """
+    if self.chunk_loop != 'scan':
+      raise ValueError("Programs from abstract shapes follow the 'scan' chunk loop; set "
+                       "ensemble.chunk_loop='scan'.")
+    if name == 'eval_outputs':
+      return self._per_model('eval_outputs', self._outputs_one, 1 + num_support, 3)
+    return {'init': self._init, 'train_step': self._steps[True],
+            'train_step_frozen': self._steps[False],
+            'analysis_update': self.analysis_update}[name]
+
+  def compile(self, name, **kwargs):
+    """``programs.program(self, name, **kwargs)`` compiled for the mesh's devices.
+
+    Executables are kept per chunk size (fitting the chunk compiles the train
+    step); ``compile_seconds[(name, models_per_chunk)]``: its compile wall time.
+    """
+    # The same program whatever the kwargs that do not change it (eval: the batch).
+    shape = tuple(sorted(kwargs.items())) if name == 'analysis_update' else ()
+    if name == 'eval_outputs':
+      shape = min(self.config.eval.batch_size,
+                  kwargs.get('num_examples') or self.config.eval.batch_size)
+    key = (name, self.models_per_chunk, shape)
+    if key not in self._executables:
+      start = time.perf_counter()
+      fn, args = programs.program(self, name, **kwargs)
+      self._executables[key] = fn.trace(*args).lower().compile()
+      self.compile_seconds[name, self.models_per_chunk] = time.perf_counter() - start
+    return self._executables[key]

@@ -115,31 +115,36 @@ def all_finite(tree):
   return jnp.stack(leaves).all()
 
 
-def make_train_step(model, plan, whiten_bias_live=True):
-  """Returns train_step(state, hparams, augment_key, order, images, labels, step).
+def make_step_parts(model, plan, whiten_bias_live=True):
+  """The three stages of one model's train step: ``(batch, loss, apply)``.
 
-  ``step`` is the number of steps already taken (global, the same for all models).
-  Returns (new_state, metrics) with metrics {'loss': mean per example, 'accuracy'}.
+  batch(augment_key, order, images, labels, step) -> (x, y): the augmented batch.
+  loss(params, batch_stats, x, y, smoothing) -> (summed loss, (logits, batch_stats)).
+  apply(state, hparams, step, loss, aux, y, grads) -> (new_state, metrics): the
+  optimiser, lookahead and divergence guard given the loss gradients.
+
+  ``make_train_step`` composes them per model; ``make_grad_of_sum_step`` takes
+  the gradient of a chunk's summed loss instead (the same gradients, since no
+  model's loss depends on another's parameters).
 
   The whitening bias trains while ``step < plan.whiten_bias_steps``. With
-  ``whiten_bias_live=False`` the step is for the later steps only: it computes
-  no gradient through the whitening layer (the costliest part of the backward
-  pass on CPU: the 31x31x24 maps), with the same result as masking its update.
+  ``whiten_bias_live=False`` the loss is for the later steps only: no gradient
+  flows through the whitening layer (the costliest part of the backward pass on
+  CPU: the 31x31x24 maps), with the same result as masking the bias update.
   """
 
-  def train_step(state, hparams, augment_key, order, images, labels, step):
-    x, y = augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
+  def batch(augment_key, order, images, labels, step):
+    return augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
                                plan.batch_size, plan.translate, plan.flip, model.dtype)
 
-    def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']},
-                                    x, train=True, whiten_bias_grad=whiten_bias_live,
-                                    mutable=['batch_stats'])
-      loss = smoothed_cross_entropy_sum(logits, y, hparams['label_smoothing'])
-      return loss, (logits, updates['batch_stats'])
+  def loss(params, batch_stats, x, y, smoothing):
+    logits, updates = model.apply({'params': params, 'batch_stats': batch_stats},
+                                  x, train=True, whiten_bias_grad=whiten_bias_live,
+                                  mutable=['batch_stats'])
+    return smoothed_cross_entropy_sum(logits, y, smoothing), (logits, updates['batch_stats'])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
+  def apply(state, hparams, step, loss, aux, y, grads):
+    logits, batch_stats = aux
     tx = make_optimizer(state['params'], hparams, plan)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     factor = optim.lr_factor(step, plan.total_steps, plan.warmup_frac,
@@ -173,7 +178,55 @@ def make_train_step(model, plan, whiten_bias_live=True):
                'accuracy': (logits.argmax(-1) == y).mean()}
     return new_state, metrics
 
+  return batch, loss, apply
+
+
+def make_train_step(model, plan, whiten_bias_live=True):
+  """Returns train_step(state, hparams, augment_key, order, images, labels, step).
+
+  ``step`` is the number of steps already taken (global, the same for all models).
+  Returns (new_state, metrics) with metrics {'loss': mean per example, 'accuracy'}.
+  ``whiten_bias_live=False``: for steps after the whitening bias froze (see
+  ``make_step_parts``).
+  """
+  batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
+
+  def train_step(state, hparams, augment_key, order, images, labels, step):
+    x, y = batch(augment_key, order, images, labels, step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'], state['batch_stats'], x, y, hparams['label_smoothing'])
+    return apply(state, hparams, step, loss, aux, y, grads)
+
   return train_step
+
+
+def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
+  """``make_train_step`` for a chunk of models stacked on axis 0, in one gradient.
+
+  Returns chunk_step(states, hparams, augment_keys, orders, images, labels, step)
+  with every argument but the shared images, labels and step stacked over the
+  chunk. The forward is vmapped over models and ``value_and_grad`` of the sum
+  of their losses is taken outside the vmap: d(sum_j L_j)/d(params_k) =
+  dL_k/d(params_k) because models share nothing, so this is the per-model step
+  written so that the compiler sees batched backward convolutions (ensemble
+  formulation 'grad_of_sum').
+  """
+  batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
+
+  def chunk_step(states, hparams, augment_keys, orders, images, labels, step):
+    x, y = jax.vmap(batch, in_axes=(0, 0, None, None, None))(
+        augment_keys, orders, images, labels, step)
+
+    def total(params):
+      losses, aux = jax.vmap(loss_fn)(params, states['batch_stats'], x, y,
+                                      hparams['label_smoothing'])
+      return losses.sum(), (losses, aux)
+
+    (_, (losses, aux)), grads = jax.value_and_grad(total, has_aux=True)(states['params'])
+    return jax.vmap(apply, in_axes=(0, 0, None, 0, 0, 0, 0))(
+        states, hparams, step, losses, aux, y, grads)
+
+  return chunk_step
 
 
 def final_variables(state, plan):

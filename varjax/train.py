@@ -130,23 +130,10 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
 
   take = jax.jit(take, static_argnums=3)
   replicated = ensemble_lib.replicated(ens.mesh)
-  update = jax.jit(analysis.update, donate_argnums=0)
   finalize = jax.jit(analysis.finalize, out_shardings=replicated)
-  groups = ens.groups if groups is None else groups
 
   def evaluate(state, images, labels):
-    stats = analysis.init(ens.num_models, num_examples, num_classes, groups,
-                          num_groups=int(ens.groups.max()) + 1,
-                          alpha_trim_resamples=analysis_config.alpha_trim_resamples,
-                          seed=analysis_config.seed,
-                          margin_quantiles=tuple(analysis_config.margin_quantiles),
-                          ensemble_subsets=analysis_config.ensemble_subsets,
-                          seeds_needed_deltas=tuple(analysis_config.seeds_needed_deltas),
-                          seeds_needed_power=analysis_config.seeds_needed_power,
-                          seeds_needed_alpha=analysis_config.seeds_needed_alpha,
-                          prediction_depth=ens.depth_k is not None,
-                          feature_dim=(ens.model.widths[-1]
-                                       if ens.config.difficulty.normalized_margin else None))
+    stats = ens.analysis_init(num_examples, num_classes, groups, analysis_config)
     # From each process's own copy: device_put would first compare the copies across
     # processes, and the NaN the state holds never equals itself.
     stats = jax.tree.map(lambda x: jax.make_array_from_callback(
@@ -155,7 +142,7 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
       outputs = ens.eval_outputs(state, x, y, support, support_labels)
       logits = outputs.pop('logits')
-      stats = update(stats, logits, y, ids, outputs)
+      stats = ens.analysis_update(stats, logits, y, ids, outputs)
     return jax.tree.map(np.asarray, finalize(stats))
 
   return evaluate
