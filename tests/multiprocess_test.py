@@ -4,8 +4,8 @@ process x 8 devices.
 One test, four launches: the reference (1 process x 8 devices); the run under test as 1
 process x 4 devices, SIGKILLed mid-epoch; resumed as 2 processes x 4 devices, whose process 1
 is SIGKILLed mid-epoch (process 0 is then stopped, as a job scheduler would); the same
-2-process launch again, which finishes. 3 min 16 s to 5 min 14 s on the 2-core VM at load
-average 6-7 (other jobs running); the two-launch test it replaced took 2 min 18 s there at
+2-process launch again, which finishes. 2 min 52 s to 5 min 14 s on the 2-core VM at load
+average 4-7 (other jobs running); the two-launch test it replaced took 2 min 18 s there at
 load 4-6.
 """
 
