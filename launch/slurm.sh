@@ -34,8 +34,9 @@ script=$(cat <<JOB
 set -euo pipefail
 source $VENV/bin/activate
 cd $PWD
-# Requeued or resubmitted jobs resume from the latest checkpoint in the workdir.
-srun python -m varjax.main --config=$CONFIG --workdir=$WORKDIR --distributed $EXTRA_FLAGS
+# Requeued or resubmitted jobs resume from the latest checkpoint in the workdir. A task
+# that dies ends the job: the others would wait for it at their next collective.
+srun --kill-on-bad-exit=1 python -m varjax.main --config=$CONFIG --workdir=$WORKDIR --distributed $EXTRA_FLAGS
 JOB
 )
 

@@ -50,5 +50,5 @@ def test_tpu_pod_dry_run_prints_gcloud_commands():
 def test_slurm_dry_run_prints_the_job():
   out = dry_run('slurm.sh', NODES='3', GPUS_PER_NODE='4', WORKDIR='/shared/w')
   assert '#SBATCH --nodes=3' in out and '#SBATCH --ntasks-per-node=4' in out
-  assert 'srun python -m varjax.main --config=experiments/airbench.py --workdir=/shared/w ' \
-         '--distributed' in out
+  assert 'srun --kill-on-bad-exit=1 python -m varjax.main --config=experiments/airbench.py ' \
+         '--workdir=/shared/w --distributed' in out

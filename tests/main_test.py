@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from varjax import report
+from varjax import train
 
 from conftest import CIFAR10_BINARY, REPO, needs_shared_data
 
@@ -112,10 +112,25 @@ def test_rerun_of_finished_workdir_is_refused(finished_run):
   assert (workdir / 'summary.json').read_text() == before
 
 
-def test_unknown_config_key_is_named(tmp_path):
+def test_unknown_config_key_is_one_line_with_the_closest_key(tmp_path):
   proc = run_main(tmp_path, '--config.opt.lrr=1.0')
-  assert proc.returncode != 0 and 'lrr' in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("varjax: ConfigError: Unknown config key 'opt.lrr' (from "
+                                 "--config.opt.lrr=1.0). Did you mean 'opt.lr'?")
   assert not (tmp_path / 'summary.json').exists()
+
+
+def test_a_resumed_run_rewrites_only_the_records_it_repeats():
+  """12 steps, 4 per epoch: records at 4, 8 (epochs), 10 (a step log), 12 (epoch, final)."""
+  records = [{'step': 4, 'epoch_seconds': 1}, {'step': 8, 'epoch_seconds': 1},
+             {'step': 10, 'step_loss_mean': 1}, {'step': 12, 'step_loss_mean': 1},
+             {'step': 12, 'epoch_seconds': 1}, {'step': 12, 'test_accuracy_mean': 0.5}]
+  kept = lambda done: [i for i, r in enumerate(records)
+                       if not train.rewritten_on_resume(r, done, 12)]
+  assert kept(0) == []
+  assert kept(8) == [0, 1]  # epoch 2 is skipped, its record kept
+  assert kept(9) == [0, 1]
+  assert kept(12) == [0, 1, 2, 3]  # the last epoch and the final record are written again
 
 
 def test_missing_data_directory_is_a_clear_error(tmp_path):
@@ -148,39 +163,49 @@ def test_a_model_rerun_alone_or_sharded_matches_the_ensemble(finished_run, tmp_p
   assert other == want
 
 
-@needs_shared_data
-def test_sigkill_then_rerun_ends_with_the_uninterrupted_summary(tmp_path):
-  flags = ('--config.train.epochs=3', '--config.checkpoint.every_steps=1',
-           '--config.difficulty.forgetting=True', '--config.difficulty.forgetting_probe_size=64')
-  reference = run_main(tmp_path / 'reference', *flags)
-  assert reference.returncode == 0, reference.stderr[-3000:]
-
-  workdir = tmp_path / 'killed'
+def run_preempted(workdir, *flags, **env):
+  """run_main through tests/preempt.py, which kills the run or fills its disk at a step."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu')
-  cmd = [sys.executable, '-m', 'varjax.main', '--config=experiments/airbench.py:smoke',
-         f'--workdir={workdir}', *TINY, *flags]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / 'checkpoints' / '5').exists() and proc.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL and not (workdir / 'summary.json').exists()
+             JAX_PLATFORMS='cpu', **env)
+  cmd = [sys.executable, str(REPO / 'tests' / 'preempt.py'),
+         '--config=experiments/airbench.py:smoke', f'--workdir={workdir}', *TINY, *flags]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@needs_shared_data
+def test_sigkill_then_full_disk_then_rerun_ends_with_the_uninterrupted_summary(finished_run,
+                                                                              tmp_path):
+  """finished_run's config, checkpointed every step (8 steps): killed after 3 steps;
+  resumed, the disk fills after 6; the rerun finishes with finished_run's results."""
+  reference, _ = finished_run
+  flags = (f'--config.data.extra_test_sets=("binary:{reference.parent / "shifted.bin"}",)',
+           *DIFFICULTY, '--config.checkpoint.every_steps=1')
+  workdir = tmp_path / 'preempted'
+  killed = run_preempted(workdir, *flags, VARJAX_TEST_KILL_AT_STEP='3')
+  assert killed.returncode == -signal.SIGKILL and not (workdir / 'summary.json').exists()
+
+  full = run_preempted(workdir, *flags, VARJAX_TEST_DISK_FULL_AT_STEP='6')
+  assert full.returncode == 2, full.stderr[-3000:]
+  assert 'resumed from checkpoint at step' in full.stderr
+  last_line = full.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('varjax: CheckpointError: Writing '), last_line
+  assert 'File too large' in last_line and 'rerun the same command' in last_line
+  assert f"{workdir / 'checkpoints' / '5'}, is intact" in last_line
 
   resumed = run_main(workdir, *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'resumed from checkpoint at step' in resumed.stderr
-  want = json.loads((tmp_path / 'reference' / 'summary.json').read_text())
+  assert 'resumed from checkpoint at step 5' in resumed.stderr
+  want = json.loads((reference / 'summary.json').read_text())
   got = json.loads((workdir / 'summary.json').read_text())
-  for key in ('models', 'groups', 'diverged', 'total_steps', 'forgetting'):
+  for key in ('models', 'groups', 'diverged', 'total_steps', 'forgetting', 'extra_test_sets'):
     assert got[key] == want[key], key
   # The forgetting records are part of the checkpointed state.
-  with np.load(tmp_path / 'reference' / 'per_example.npz') as a, np.load(
-      workdir / 'per_example.npz') as b:
-    for key in ('forgetting_events', 'learned_epoch', 'cumulative_correct'):
+  with np.load(reference / 'per_example.npz') as a, np.load(workdir / 'per_example.npz') as b:
+    for key in ('forgetting_events', 'learned_epoch', 'cumulative_correct', 'prediction_depth'):
       np.testing.assert_array_equal(a[key], b[key])
+  # Each metrics record once: 2 epochs and the final one.
+  records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == [4, 8, 8]
 
 
 @needs_shared_data

@@ -30,3 +30,23 @@ def test_null_writer_writes_nothing(tmp_path):
   w.write(1, loss=1.0)
   w.close()
   assert not list(tmp_path.iterdir())
+
+
+def test_keep_records_drops_rejected_and_half_written_lines(tmp_path):
+  w = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  for step in (4, 8, 12):
+    w.write(step, epoch_seconds=1.0)
+  w.close()
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 16, "epoch_sec')  # a kill in mid-line
+  writers.keep_records(str(tmp_path), lambda r: r['step'] <= 8)
+  assert [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')] == [4, 8]
+  w = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  w.write(12, epoch_seconds=2.0)
+  w.close()
+  assert [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')] == [4, 8, 12]
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 16}')  # whole, but killed before its newline
+  writers.keep_records(str(tmp_path), lambda r: True)
+  assert (tmp_path / 'metrics.jsonl').read_text().endswith('{"step": 16}\n')
+  writers.keep_records(str(tmp_path / 'absent'), lambda r: False)  # no file: nothing to do

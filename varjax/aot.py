@@ -47,6 +47,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from varjax import cli
 from varjax import config_check
 from varjax import plan
 from varjax import programs
@@ -80,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from varjax import cli
 from varjax import ensemble as ensemble_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
@@ -242,4 +243,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

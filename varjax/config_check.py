@@ -1,10 +1,21 @@
 """Validation of a run's config: every key known, every value in range, before any work.
 
 The keys varjax reads are listed here (names only; defaults live in the config
-files). A typo such as ``opt.learning_rate`` fails with the closest known key.
+files), each with the rule its value must satisfy (``RULES``), and the checks
+that relate several keys (``RELATIONS``). A mistake fails with one line naming
+the key: a typo such as ``opt.learning_rate`` with the closest known key, a bad
+value with what the key accepts.
+
+Command lines get the same one-line errors for ``--config.KEY=VALUE`` (varjax/cli.py).
+
+Example:
+  >>> check(config)                           # doctest: +SKIP
+  ConfigError: train.batch_size must be an int >= 2, got 1.
 """
 
 import difflib
+import math
+from typing import Any, Callable, NamedTuple
 
 from ml_collections import ConfigDict
 
@@ -34,6 +45,10 @@ checkpoint.every_steps checkpoint.keep checkpoint.async_save
 sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.seeds_per_point
 """.split())
 
+# CIFAR-10's training images (all sources); the holdout split takes its test set from them.
+CIFAR10_TRAIN_IMAGES = 50_000
+CIFAR10_TRAIN_PER_CLASS = 5_000
+INT32_MAX = 2**31 - 1
 
 # Common names from other codebases for keys varjax spells differently.
 SYNONYMS = {'learning_rate': 'lr', 'wd': 'weight_decay', 'batch': 'batch_size',
@@ -43,6 +58,266 @@ SYNONYMS = {'learning_rate': 'lr', 'wd': 'weight_decay', 'batch': 'batch_size',
 
 class ConfigError(ValueError):
   """A config key or value that varjax cannot run with; the message names it."""
+
+
+class Rule(NamedTuple):
+  """What one key accepts: ``ok(value)``, and ``describe`` for the error message."""
+  describe: str
+  ok: Callable[[Any], bool]
+
+
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bounds(lo, hi, lo_open, hi_open):
+  if lo is not None and hi is not None:
+    return f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  if lo is not None:
+    return f" {'>' if lo_open else '>='} {lo:g}"
+  return f" {'<' if hi_open else '<='} {hi:g}" if hi is not None else ''
+
+
+def _within(v, lo, hi, lo_open, hi_open):
+  return ((lo is None or (v > lo if lo_open else v >= lo))
+          and (hi is None or (v < hi if hi_open else v <= hi)))
+
+
+def integer(lo=None, hi=None):
+  return Rule('an int' + _bounds(lo, hi, False, False),
+              lambda v: _is_int(v) and _within(v, lo, hi, False, False))
+
+
+def number(lo=None, hi=None, lo_open=False, hi_open=False):
+  return Rule('a number' + _bounds(lo, hi, lo_open, hi_open),
+              lambda v: _is_number(v) and _within(v, lo, hi, lo_open, hi_open))
+
+
+def boolean():
+  return Rule('True or False', lambda v: isinstance(v, bool))
+
+
+def text():
+  return Rule('a string', lambda v: isinstance(v, str))
+
+
+def one_of(*choices):
+  same = lambda v, c: type(v) is type(c) and v == c  # 1 is not True
+  return Rule('one of ' + ', '.join(map(repr, choices)),
+              lambda v: any(same(v, c) for c in choices))
+
+
+def optional(rule):
+  return Rule(f'None or {rule.describe}', lambda v: v is None or rule.ok(v))
+
+
+def sequence(rule, length=None, min_length=0, distinct=False):
+  """A tuple (or list) whose items all satisfy ``rule``."""
+  what = (f'a tuple of {length} items' if length else
+          'a non-empty tuple' if min_length else 'a tuple')
+  return Rule(
+      f"{what}{' without repeats' if distinct else ''}, each {rule.describe}",
+      lambda v: (isinstance(v, (tuple, list)) and (length is None or len(v) == length)
+                 and len(v) >= min_length and all(rule.ok(x) for x in v)
+                 and (not distinct or len(set(v)) == len(v))))
+
+
+def _classes(v):
+  return (isinstance(v, (tuple, list)) and (len(v) == 0 or len(v) >= 2)
+          and all(_is_int(k) and 0 <= k <= 9 for k in v) and len(set(v)) == len(v))
+
+
+def _probe_places(v):
+  from varjax.models import airbench  # pylint: disable=g-import-not-at-top  (imports jax)
+  return (isinstance(v, (tuple, list)) and len(v) >= 1
+          and list(v) == [p for p in airbench.PROBE_PLACES if p in v])
+
+
+def _extra_test_set(spec):
+  kind, _, rest = spec.partition(':') if isinstance(spec, str) else ('', '', '')
+  return kind in ('tfds', 'binary') and bool(rest)
+
+
+POSITIVE = number(0, lo_open=True)
+FRACTION = number(0, 1)
+BELOW_ONE = number(0, 1, hi_open=True)
+OPEN_FRACTION = number(0, 1, lo_open=True, hi_open=True)
+
+# One rule per key. A key added to KNOWN_KEYS needs its rule here
+# (tests/config_check_test.py checks that every known key has one).
+RULES = {
+    'name': text(),
+    'variant': text(),
+    'seed': integer(0),
+    'num_models': integer(1),
+    'first_model_id': integer(0),
+    'overwrite': boolean(),
+    'data.source': one_of('auto', 'cifar10_binary', 'tfds'),
+    'data.dir': optional(text()),
+    'data.test_split': one_of('test', 'holdout'),
+    'data.holdout_size': integer(1, CIFAR10_TRAIN_IMAGES - 1),
+    'data.train_size': optional(integer(1, CIFAR10_TRAIN_IMAGES)),
+    'data.verify_checksums': boolean(),
+    'data.extra_test_sets': sequence(Rule("'tfds:NAME[:SPLIT]' or 'binary:PATH'",
+                                          _extra_test_set)),
+    'data.classes': Rule('() or a tuple of at least two distinct CIFAR-10 class ids, each an '
+                         'int in [0, 9]', _classes),
+    'model.widths': sequence(integer(1), length=3),
+    'model.whiten_kernel_size': integer(1, 32),
+    'model.whiten_eps': POSITIVE,
+    'model.whiten_num_images': integer(1),
+    'model.bn_eps': POSITIVE,
+    'model.bn_momentum': FRACTION,
+    'model.head_scale': POSITIVE,
+    'model.gelu_approximate': boolean(),
+    'train.epochs': POSITIVE,
+    'train.batch_size': integer(2),  # BatchNorm needs two examples
+    'train.label_smoothing': BELOW_ONE,
+    'train.whiten_bias_epochs': number(0),
+    'opt.lr': POSITIVE,
+    'opt.weight_decay': number(0),
+    'opt.momentum': BELOW_ONE,
+    'opt.bias_lr_scale': number(0),
+    'opt.lr_reference_batch': integer(1),
+    'opt.warmup_frac': FRACTION,
+    'opt.lr_start_factor': number(0),
+    'opt.lr_end_factor': number(0),
+    'lookahead.enabled': boolean(),
+    'lookahead.every_steps': integer(1),
+    'lookahead.decay': FRACTION,
+    'lookahead.power': number(0),
+    'aug.translate': integer(0, 8),
+    'aug.flip': one_of('alternating', 'random', 'none'),
+    'eval.tta_level': one_of(0, 1, 2),
+    'eval.batch_size': integer(1),
+    'analysis.alpha_trim_resamples': integer(1),
+    'analysis.seed': integer(0),
+    'analysis.margin_quantiles': sequence(FRACTION, min_length=1),
+    'analysis.ensemble_subsets': integer(1),
+    'analysis.seeds_needed_deltas': sequence(OPEN_FRACTION, min_length=1),
+    'analysis.seeds_needed_power': OPEN_FRACTION,
+    'analysis.seeds_needed_alpha': OPEN_FRACTION,
+    'difficulty.prediction_depth': boolean(),
+    'difficulty.depth_k': integer(1),
+    'difficulty.depth_support_size': integer(1),
+    'difficulty.depth_probes': Rule('a non-empty tuple of distinct probe places in network '
+                                    'order (PROBE_PLACES in varjax/models/airbench.py)',
+                                    _probe_places),
+    'difficulty.normalized_margin': boolean(),
+    'difficulty.forgetting': boolean(),
+    'difficulty.forgetting_probe_size': integer(1),
+    'randomness.vary': sequence(one_of('init', 'order', 'augment'), distinct=True),
+    'ensemble.models_per_chunk': optional(integer(1)),
+    'ensemble.formulation': one_of('auto', 'unrolled', 'vmap', 'grad_of_sum'),
+    'ensemble.compute_dtype': one_of('auto', 'float32', 'bfloat16'),
+    'ensemble.chunk_loop': one_of('auto', 'scan', 'host'),
+    'ensemble.conv_weight_grad': one_of('auto', 'xla', 'sliced'),
+    'ensemble.conv_grad_slice': integer(1),
+    'log.every_steps': integer(0),
+    'checkpoint.every_steps': integer(0),
+    'checkpoint.keep': integer(1),
+    'checkpoint.async_save': boolean(),
+    'sweep.lr_multipliers': sequence(POSITIVE),
+    'sweep.weight_decay_multipliers': sequence(number(0)),
+    'sweep.label_smoothings': sequence(BELOW_ONE),
+    'sweep.seeds_per_point': optional(integer(1)),
+}
+
+
+def _available_images(config):
+  """Training images before ``data.train_size``; with ``data.classes`` an upper bound."""
+  d = config.data
+  available = CIFAR10_TRAIN_IMAGES - (d.holdout_size if d.test_split == 'holdout' else 0)
+  if len(d.classes):
+    available = min(available, CIFAR10_TRAIN_PER_CLASS * len(d.classes))
+  return available
+
+
+def num_train_images(config):
+  """Training images a run of ``config`` gets (CIFAR-10 less the holdout, of
+  ``data.classes``, cut to ``data.train_size``); with classes an upper bound."""
+  available = _available_images(config)
+  train_size = config.data.train_size
+  return available if train_size is None else min(train_size, available)
+
+
+def _images(c, n):
+  return f'at most {n} training images of data.classes' if len(c.data.classes) else (
+      f'{n} training images')
+
+
+def _data_size(c):
+  d = c.data
+  available = _available_images(c)
+  if d.train_size is not None and d.train_size > available:
+    return (f'data.train_size={d.train_size} exceeds the {_images(c, available)} left after '
+            f'the holdout (data.holdout_size={d.holdout_size}).')
+  return None
+
+
+def _batch_size(c):
+  n = num_train_images(c)
+  if c.train.batch_size > n:
+    return (f'train.batch_size={c.train.batch_size} exceeds the {_images(c, n)} '
+            '(data.train_size, data.holdout_size); lower it.')
+  return None
+
+
+def _whiten_images(c):
+  n = num_train_images(c)
+  if c.model.whiten_num_images > n:
+    return (f'model.whiten_num_images={c.model.whiten_num_images} exceeds the '
+            f'{_images(c, n)}; lower it.')
+  return None
+
+
+def _depth_k(c):
+  d = c.difficulty
+  support = min(d.depth_support_size, num_train_images(c))
+  if d.prediction_depth and d.depth_k > support:
+    return (f'difficulty.depth_k={d.depth_k} exceeds the {support} support images '
+            '(difficulty.depth_support_size, capped by the training set); lower it.')
+  return None
+
+
+def _margin_quantiles(c):
+  q = list(c.analysis.margin_quantiles)
+  if q != sorted(set(q)):
+    return f'analysis.margin_quantiles must increase, got {tuple(q)!r}.'
+  return None
+
+
+def _chunk(c):
+  chunk = c.ensemble.models_per_chunk
+  if chunk is not None and c.num_models % chunk:
+    return (f'ensemble.models_per_chunk={chunk} must divide num_models={c.num_models} '
+            '(and the models per device).')
+  return None
+
+
+def _model_ids(c):
+  if c.first_model_id + c.num_models - 1 > INT32_MAX:
+    return f'first_model_id + num_models must stay below 2**31, got {c.first_model_id}.'
+  return None
+
+
+def _sweep(c):
+  from varjax import sweep  # pylint: disable=g-import-not-at-top  (sweep imports ConfigError)
+  try:
+    sweep.seeds_per_point(c)
+  except ConfigError as e:
+    return str(e)
+  return None
+
+
+# Checks of several keys at once, run after every key passed its rule; each
+# returns an error message naming the keys, or None.
+RELATIONS = (_data_size, _batch_size, _whiten_images, _depth_k, _margin_quantiles, _chunk,
+             _model_ids, _sweep)
 
 
 def flatten(config, prefix=''):
@@ -57,85 +332,55 @@ def flatten(config, prefix=''):
   return out
 
 
-def closest_key(key, known_keys):
+def closest_key(key, known_keys=KNOWN_KEYS):
+  """The known key a mistyped ``key`` most likely meant (always one, if any are known).
+
+  Tried in turn: a synonym ('opt.learning_rate' -> 'opt.lr'), the same leaf in
+  another section ('train.lr' -> 'opt.lr'), a close spelling of the whole key, a
+  close leaf in any section, the nearest spelling.
+  """
+  ordered = [k for k in RULES if k in known_keys] + sorted(set(known_keys) - set(RULES))
   section, _, leaf = key.rpartition('.')
-  synonym = f'{section}.{SYNONYMS[leaf]}' if section and leaf in SYNONYMS else SYNONYMS.get(leaf)
+  leaf = SYNONYMS.get(leaf, leaf)
+  synonym = f'{section}.{leaf}' if section else leaf
   if synonym in known_keys:
     return synonym
-  close = difflib.get_close_matches(key, known_keys, n=1)
+  same_leaf = [k for k in ordered if k.rpartition('.')[2] == leaf]
+  if same_leaf:
+    return same_leaf[0]
+  close = difflib.get_close_matches(key, ordered, n=1)
+  if close:
+    return close[0]
+  leaves = {}
+  for k in ordered:
+    leaves.setdefault(k.rpartition('.')[2], k)
+  close = difflib.get_close_matches(leaf, list(leaves), n=1)
+  if close:
+    return leaves[close[0]]
+  close = difflib.get_close_matches(key, ordered, n=1, cutoff=0)
   return close[0] if close else None
 
 
-def _require(ok, message):
-  if not ok:
-    raise ConfigError(message)
+def unknown_key_message(key, known_keys=KNOWN_KEYS, flag=None):
+  close = closest_key(key, known_keys)
+  where = f' (from {flag})' if flag else ''
+  return f"Unknown config key {key!r}{where}." + (f' Did you mean {close!r}?' if close else '')
 
 
-def check(config, known_keys=KNOWN_KEYS):
-  """Raises ConfigError for unknown/missing keys or out-of-range values."""
+def check(config, known_keys=KNOWN_KEYS, rules=None):
+  """Raises ConfigError (one line, naming the key) for the first mistake in ``config``."""
+  rules = RULES if rules is None else rules
   flat = flatten(config)
   for key in sorted(set(flat) - known_keys):
-    close = closest_key(key, known_keys)
-    hint = f' Did you mean {close!r}?' if close else ''
-    raise ConfigError(f'Unknown config key {key!r}.{hint}')
+    raise ConfigError(unknown_key_message(key, known_keys))
   missing = sorted(known_keys - set(flat))
-  _require(not missing, f'Config is missing keys {missing}.')
-
-  c = config
-  _require(isinstance(c.num_models, int) and c.num_models >= 1,
-           f'num_models must be a positive int, got {c.num_models!r}.')
-  _require(isinstance(c.first_model_id, int) and c.first_model_id >= 0,
-           f'first_model_id must be an int >= 0, got {c.first_model_id!r}.')
-  _require(len(c.model.widths) == 3 and all(int(w) >= 1 for w in c.model.widths),
-           f'model.widths must be three positive ints, got {c.model.widths!r}.')
-  _require(c.train.epochs > 0, f'train.epochs must be > 0, got {c.train.epochs}.')
-  _require(c.train.batch_size >= 2, f'train.batch_size must be >= 2, got {c.train.batch_size}.')
-  classes = tuple(c.data.classes)
-  _require(not classes or (len(classes) >= 2 and len(set(classes)) == len(classes)
-                           and all(isinstance(k, int) and 0 <= k <= 9 for k in classes)),
-           f'data.classes must be () or at least two distinct CIFAR-10 class ids in [0, 9], '
-           f'got {classes!r}.')
-  _require(c.eval.tta_level in (0, 1, 2), f'eval.tta_level must be 0, 1 or 2, got '
-           f'{c.eval.tta_level!r}.')
-  _require(c.eval.batch_size >= 1, f'eval.batch_size must be >= 1, got {c.eval.batch_size}.')
-  _require(c.aug.flip in ('alternating', 'random', 'none'),
-           f"aug.flip must be 'alternating', 'random' or 'none', got {c.aug.flip!r}.")
-  _require(0 <= c.aug.translate <= 8, f'aug.translate must be in [0, 8], got {c.aug.translate}.')
-  _require(0 <= c.opt.momentum < 1, f'opt.momentum must be in [0, 1), got {c.opt.momentum}.')
-  _require(c.opt.lr > 0, f'opt.lr must be > 0, got {c.opt.lr}.')
-  _require(c.opt.weight_decay >= 0, f'opt.weight_decay must be >= 0, got '
-           f'{c.opt.weight_decay}.')
-  _require(0 <= c.train.label_smoothing < 1,
-           f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
-  _require(c.model.whiten_num_images >= 1, 'model.whiten_num_images must be >= 1.')
-  _require(not c.lookahead.enabled or c.lookahead.every_steps >= 1,
-           'lookahead.every_steps must be >= 1.')
-  a = c.analysis
-  _require(a.alpha_trim_resamples >= 1 and a.ensemble_subsets >= 1,
-           'analysis.alpha_trim_resamples and analysis.ensemble_subsets must be >= 1.')
-  deltas = tuple(a.seeds_needed_deltas)
-  _require(len(deltas) >= 1 and all(0 < v < 1 for v in deltas),
-           f'analysis.seeds_needed_deltas must be accuracy differences in (0, 1), got {deltas!r}.')
-  _require(0 < a.seeds_needed_power < 1 and 0 < a.seeds_needed_alpha < 1,
-           f'analysis.seeds_needed_power and analysis.seeds_needed_alpha must lie in (0, 1), '
-           f'got {a.seeds_needed_power} and {a.seeds_needed_alpha}.')
-  q = tuple(c.analysis.margin_quantiles)
-  _require(len(q) >= 1 and all(0 <= v <= 1 for v in q) and list(q) == sorted(set(q)),
-           f'analysis.margin_quantiles must increase within [0, 1], got {q!r}.')
-  d = c.difficulty
-  _require(not d.prediction_depth or 1 <= d.depth_k <= d.depth_support_size,
-           f'difficulty.depth_k must be in [1, difficulty.depth_support_size], got '
-           f'{d.depth_k} and {d.depth_support_size}.')
-  from varjax.models import airbench  # pylint: disable=g-import-not-at-top
-  places = tuple(d.depth_probes)
-  _require(len(places) >= 1 and list(places) == [p for p in airbench.PROBE_PLACES
-                                                  if p in places],
-           f'difficulty.depth_probes must be distinct places of {airbench.PROBE_PLACES} in '
-           f'that order, got {places!r}.')
-  _require(not d.forgetting or d.forgetting_probe_size >= 1,
-           f'difficulty.forgetting_probe_size must be >= 1, got {d.forgetting_probe_size}.')
-  _require(c.checkpoint.every_steps >= 0 and c.checkpoint.keep >= 1,
-           'checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1.')
-  _require(c.log.every_steps >= 0, 'log.every_steps must be >= 0.')
-  from varjax import sweep  # pylint: disable=g-import-not-at-top  (sweep imports ConfigError)
-  sweep.seeds_per_point(c)
+  if missing:
+    raise ConfigError(f'Config is missing keys {missing}.')
+  for key in sorted(known_keys, key=lambda k: (k not in KNOWN_KEYS, k)):
+    rule = rules.get(key)
+    if rule is not None and not rule.ok(flat[key]):
+      raise ConfigError(f'{key} must be {rule.describe}, got {flat[key]!r}.')
+  for relation in RELATIONS:
+    message = relation(config)
+    if message:
+      raise ConfigError(message)

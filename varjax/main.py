@@ -7,15 +7,13 @@ Multi-host: ``--coordinator_address=HOST:PORT --num_processes=P --process_id=I``
 (or the environment of a TPU pod / Slurm job with ``--distributed``).
 """
 
-import sys
-
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from varjax import checkpoint
+from varjax import cli
 from varjax import config_check
 from varjax import data
 from varjax import train
@@ -49,10 +47,13 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
-    logging.error('%s: %s', type(e).__name__, e)
-    print(f'varjax: {type(e).__name__}: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.exit_with_error(e)
+  except OSError as e:  # a refused write (disk full, read-only) is the user's to fix
+    message = checkpoint.storage_error_message(e, _WORKDIR.value)
+    if message is None:
+      raise
+    cli.exit_with_error(train.WorkdirError(message))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

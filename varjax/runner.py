@@ -14,13 +14,14 @@ group per (point, inner group), for ``varjax.report``.
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 
+from varjax import checkpoint
+from varjax import cli
 from varjax import config_files
 from varjax import train
 
@@ -124,9 +125,13 @@ def main(argv):
   try:
     points = load_sweep(flags.FLAGS.sweep)
     run_sweep(points, flags.FLAGS.workdir)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'varjax.runner: {type(e).__name__}: {e}', file=sys.stderr)
-    sys.exit(2)
+  except (FileNotFoundError, ValueError, checkpoint.CheckpointError, train.WorkdirError) as e:
+    cli.exit_with_error(e, 'varjax.runner')
+  except OSError as e:  # a refused write (disk full, read-only): rerunning resumes
+    message = checkpoint.storage_error_message(e, flags.FLAGS.workdir)
+    if message is None:
+      raise
+    cli.exit_with_error(train.WorkdirError(message), 'varjax.runner')
 
 
 if __name__ == '__main__':

@@ -55,12 +55,14 @@ def seeds_per_point(config):
   seeds = config.sweep.seeds_per_point
   if not is_sweep(config):
     return config.num_models
+  grid = ' x '.join(f'sweep.{axis} ({len(config.sweep[axis])})' for axis in AXES
+                    if len(config.sweep[axis]))
   if seeds is None:
     raise ConfigError(f'sweep.seeds_per_point is unset for a sweep of {points} points; set it '
-                     f'and --config.num_models to points x seeds.')
+                      f'and --config.num_models to points x seeds (grid: {grid}).')
   if seeds < 1 or config.num_models != points * seeds:
     raise ConfigError(f'num_models={config.num_models} must equal {points} grid points x '
-                     f'sweep.seeds_per_point={seeds} = {points * seeds}.')
+                      f'sweep.seeds_per_point={seeds} = {points * seeds} (grid: {grid}).')
   return seeds
 
 

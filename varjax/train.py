@@ -93,6 +93,18 @@ def prepare_workdir(workdir, config, write=True):
   os.replace(config_path + '.tmp', config_path)
 
 
+def rewritten_on_resume(record, done, total_steps):
+  """Whether a run resumed after ``done`` steps writes metrics ``record`` again.
+
+  It writes every record after step ``done``; resumed at the very end, it
+  re-enters the last epoch and writes its epoch and final records again.
+  """
+  step = record.get('step', total_steps + 1)
+  if step != done:
+    return step > done
+  return done == total_steps and ('epoch_seconds' in record or 'test_accuracy_mean' in record)
+
+
 def host_gatherer(mesh):
   """Returns to_host(tree) -> NumPy: gathers arrays sharded over all processes' devices."""
   gather = jax.jit(lambda tree: tree, out_shardings=ensemble_lib.replicated(mesh))
@@ -122,7 +134,10 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
 
   def evaluate(state, images, labels):
     stats = ens.analysis_init(num_examples, num_classes, groups, analysis_config)
-    stats = jax.device_put(stats, replicated)
+    # From each process's own copy: device_put would first compare the copies across
+    # processes, and the NaN the state holds never equals itself.
+    stats = jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), replicated, lambda index, x=np.asarray(x): x[index]), stats)
     for start in range(0, num_examples, batch_size):
       x, y, ids = take(images, labels, jnp.int32(start), min(batch_size, num_examples - start))
       outputs = ens.eval_outputs(state, x, y, support, support_labels)
@@ -176,6 +191,8 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   done, state, totals = ckpt.restore_latest(state, zeros())
+  if is_writer:  # records of the steps this run repeats, and any half-written line
+    writers.keep_records(workdir, lambda r: not rewritten_on_resume(r, done, plan.total_steps))
   writer = writers.MetricWriter(workdir) if is_writer else writers.NullWriter()
   progress = progress_lib.Progress(plan.total_steps, ens.num_models * plan.batch_size,
                                    done=done, desc=progress_desc or config.name,
@@ -189,6 +206,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
     orders = ens.orders(epoch)
     if done <= steps[0]:
       totals = zeros()  # a fresh epoch; otherwise the restored epoch's running totals
+    checkpoint_waits = []
     for step in steps:
       if step < done:
         continue
@@ -201,7 +219,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
                                                for k, v in to_host(metrics).items()})
       if ckpt.should_save(step + 1, step == steps[-1], plan.total_steps):
-        ckpt.save(step + 1, state, totals)
+        checkpoint_waits.append(ckpt.save(step + 1, state, totals))
     done = steps[-1] + 1
     last = jax.tree.map(lambda t: t / len(steps), to_host(totals))  # waits for the epoch
     seconds = time.perf_counter() - start
@@ -212,10 +230,15 @@ def train_and_evaluate(config, workdir, progress_desc=None):
                    last['accuracy'].mean(), ens.num_models)
     writer.write(steps[-1] + 1, epoch=epoch + 1, epoch_seconds=seconds,
                  train_loss=float(last['loss'].mean()),
-                 train_accuracy=float(last['accuracy'].mean()))
+                 train_accuracy=float(last['accuracy'].mean()),
+                 checkpoints_saved=len(checkpoint_waits),
+                 checkpoint_wait_seconds=sum(checkpoint_waits),
+                 checkpoint_wait_max_seconds=max(checkpoint_waits, default=0.0))
 
   progress.close()
+  start = time.perf_counter()
   ckpt.close()
+  close_seconds = time.perf_counter() - start
   diverged = to_host(state['diverged_at'])
   for k in np.flatnonzero(diverged >= 0):
     logging.warning('model %d diverged at step %d: frozen there, excluded from its group',
@@ -254,7 +277,8 @@ def train_and_evaluate(config, workdir, progress_desc=None):
                  extra[-1][2]['accuracy'].mean())
   eval_time = time.perf_counter() - start
   writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
-               test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time)
+               test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time,
+               checkpoint_close_seconds=close_seconds)
   writer.close()
 
   run_info = {'name': config.name, 'variant': config.variant, 'seed': config.seed,
@@ -345,7 +369,6 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
                     'forgetting_accuracy_corr': _json_value(
                         dynamics['forgetting_accuracy_corr'][g])}
                    for g in range(len(summary['groups']))]}
-  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS if k in results}
   if 'prediction_depth' in arrays:
     arrays['prediction_depth'] = arrays['prediction_depth'].astype(np.int8)
@@ -356,8 +379,13 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
     arrays[f'{name}/labels'] = np.asarray(labels)
     arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS
                    if k in r})
-  np.savez_compressed(os.path.join(workdir, PER_EXAMPLE_FILE), labels=np.asarray(test_labels),
-                      groups=np.asarray(ens.groups), **arrays)
+  # Atomic, and summary.json last: it marks the run finished.
+  npz = os.path.join(workdir, PER_EXAMPLE_FILE)
+  with open(npz + '.tmp', 'wb') as f:
+    np.savez_compressed(f, labels=np.asarray(test_labels), groups=np.asarray(ens.groups),
+                        **arrays)
+  os.replace(npz + '.tmp', npz)
+  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), summary)
   return summary
 
 

@@ -33,6 +33,33 @@ def _scalars(record):
           and math.isfinite(v)}
 
 
+def keep_records(workdir, keep):
+  """Rewrites ``metrics.jsonl`` with only the records ``keep(record)`` accepts.
+
+  A resumed run drops the records it will write again, so each is written once;
+  a line cut short by a kill is dropped too. Atomic: a kill leaves the old file.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    text = f.read()
+  lines = text.splitlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and keep(record):
+      kept.append(line)
+  if len(kept) == len(lines) and text.endswith('\n'):
+    return
+  with open(path + '.tmp', 'w') as f:
+    f.write(''.join(line + '\n' for line in kept))
+  os.replace(path + '.tmp', path)
+
+
 class MetricWriter:
   """Writes each record as one JSON line to ``metrics.jsonl`` and its scalars to TensorBoard."""
 

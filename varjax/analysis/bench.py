@@ -30,6 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import analysis
+from varjax import cli
 from varjax import ensemble as ensemble_lib
 from varjax import train as train_lib
 from varjax.models import airbench
@@ -138,4 +139,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)
