@@ -4,7 +4,7 @@ import pytest
 
 from varjax import config_check
 
-from conftest import load_experiment
+from conftest import load_experiment, tiny_config
 
 
 @pytest.mark.parametrize('variant', ['', 'cpu', 'smoke'])
@@ -41,3 +41,12 @@ def test_bad_values(key, value, match):
 def test_unknown_variant():
   with pytest.raises(ValueError, match='variant'):
     load_experiment('airbench', 'huge')
+
+
+def test_lens_settings_are_validated():
+  for key, value, match in (('lenses.hutchinson_probes', 1, 'hutchinson_probes >= 2'),
+                            ('lenses.batch_size', 0, 'lenses.batch_size must be >= 1'),
+                            ('lenses.alignment_components', 0, 'alignment_components must be'),
+                            ('sweep.label_noise', (0.5, -0.1), 'label_noise must lie in')):
+    with pytest.raises(config_check.ConfigError, match=match):
+      config_check.check(tiny_config(**{key: value}))

@@ -14,7 +14,7 @@ data.source data.dir data.test_split data.holdout_size data.train_size data.veri
 data.extra_test_sets
 model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
 model.bn_momentum model.head_scale model.gelu_approximate
-train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs
+train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs train.label_noise
 opt.lr opt.weight_decay opt.momentum opt.bias_lr_scale opt.lr_reference_batch opt.warmup_frac
 opt.lr_start_factor opt.lr_end_factor
 lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
@@ -26,12 +26,16 @@ analysis.seeds_needed_alpha
 difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
 difficulty.depth_probes
 difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
+lenses.sharpness lenses.sharpness_images lenses.power_iterations lenses.hutchinson_probes
+lenses.alignment lenses.alignment_images lenses.alignment_components lenses.batch_size
+lenses.train_eval_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
 ensemble.conv_weight_grad ensemble.conv_grad_slice
 log.every_steps
 checkpoint.every_steps checkpoint.keep checkpoint.async_save
-sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.seeds_per_point
+sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.label_noise
+sweep.seeds_per_point
 """.split())
 
 
@@ -102,6 +106,9 @@ def check(config, known_keys=KNOWN_KEYS):
            f'{c.opt.weight_decay}.')
   _require(0 <= c.train.label_smoothing < 1,
            f'train.label_smoothing must be in [0, 1), got {c.train.label_smoothing}.')
+  noise = (c.train.label_noise,) + tuple(c.sweep.label_noise)
+  _require(all(0 <= v <= 1 for v in noise),
+           f'train.label_noise and sweep.label_noise must lie in [0, 1], got {noise!r}.')
   _require(c.model.whiten_num_images >= 1, 'model.whiten_num_images must be >= 1.')
   _require(not c.lookahead.enabled or c.lookahead.every_steps >= 1,
            'lookahead.every_steps must be >= 1.')
@@ -129,6 +136,19 @@ def check(config, known_keys=KNOWN_KEYS):
            f'that order, got {places!r}.')
   _require(not d.forgetting or d.forgetting_probe_size >= 1,
            f'difficulty.forgetting_probe_size must be >= 1, got {d.forgetting_probe_size}.')
+  lens = c.lenses
+  _require(lens.sharpness_images >= 1 and lens.power_iterations >= 1
+           and lens.hutchinson_probes >= 2,
+           'lenses.sharpness_images and lenses.power_iterations must be >= 1 and '
+           'lenses.hutchinson_probes >= 2 (its standard error needs two probes), got '
+           f'{lens.sharpness_images}, {lens.power_iterations}, {lens.hutchinson_probes}.')
+  _require(lens.alignment_images >= 1 and lens.batch_size >= 1 and lens.train_eval_size >= 0,
+           'lenses.alignment_images and lenses.batch_size must be >= 1 and '
+           f'lenses.train_eval_size >= 0, got {lens.alignment_images}, {lens.batch_size}, '
+           f'{lens.train_eval_size}.')
+  _require(lens.alignment_components is None or lens.alignment_components >= 1,
+           f'lenses.alignment_components must be None or >= 1, got '
+           f'{lens.alignment_components!r}.')
   _require(c.checkpoint.every_steps >= 0 and c.checkpoint.keep >= 1,
            'checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1.')
   _require(c.log.every_steps >= 0, 'log.every_steps must be >= 0.')

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from varjax import config_check
 from varjax import difficulty as difficulty_lib
+from varjax import label_noise
 from varjax import optim
 from varjax import step as step_lib
 from varjax import sweep
@@ -302,7 +303,7 @@ class Ensemble:
       def step_one(per_model, images, labels, step):
         state, hparams, model_id, order = per_model
         return train_step(state, hparams, key('augment', model_id), order, images, labels,
-                          step)
+                          step, label_noise.noise_key(seed, model_id))
 
       return step_one
 
@@ -373,6 +374,10 @@ class Ensemble:
 
     self._compiled[name] = run
     return run
+
+  def per_model(self, name, fn, num_per_model, num_shared):
+    """The per-model machinery (``_per_model``) for probes defined elsewhere (lenses.py)."""
+    return self._per_model(name, fn, num_per_model, num_shared)
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""

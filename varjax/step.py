@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from varjax import augment
+from varjax import label_noise as label_noise_lib
 from varjax import optim
 from varjax.models import airbench
 
@@ -43,6 +44,9 @@ class StepPlan:
   lookahead_decay: float
   lookahead_power: float
   tta_level: int
+  # Whether any model trains on corrupted labels (label_noise.py); static, so a
+  # run without noise compiles exactly the program it did before.
+  label_noise: bool = False
 
   @classmethod
   def from_config(cls, config, num_train):
@@ -59,7 +63,8 @@ class StepPlan:
         warmup_frac=config.opt.warmup_frac, lr_start_factor=config.opt.lr_start_factor,
         lr_end_factor=config.opt.lr_end_factor, lookahead=config.lookahead.enabled,
         lookahead_every=config.lookahead.every_steps, lookahead_decay=config.lookahead.decay,
-        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level)
+        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level,
+        label_noise=config.train.label_noise > 0 or any(f > 0 for f in config.sweep.label_noise))
 
   @property
   def num_epochs(self):
@@ -116,9 +121,12 @@ def all_finite(tree):
 
 
 def make_train_step(model, plan, whiten_bias_live=True):
-  """Returns train_step(state, hparams, augment_key, order, images, labels, step).
+  """Returns train_step(state, hparams, augment_key, order, images, labels, step, noise_key).
 
   ``step`` is the number of steps already taken (global, the same for all models).
+  With ``plan.label_noise``, ``labels`` (the whole training set's true labels)
+  are first corrupted with probability ``hparams['label_noise']`` from the
+  model's ``noise_key`` (label_noise.py); the loss and accuracy are against them.
   Returns (new_state, metrics) with metrics {'loss': mean per example, 'accuracy'}.
 
   The whitening bias trains while ``step < plan.whiten_bias_steps``. With
@@ -127,7 +135,10 @@ def make_train_step(model, plan, whiten_bias_live=True):
   pass on CPU: the 31x31x24 maps), with the same result as masking its update.
   """
 
-  def train_step(state, hparams, augment_key, order, images, labels, step):
+  def train_step(state, hparams, augment_key, order, images, labels, step, noise_key=None):
+    if plan.label_noise:
+      labels = label_noise_lib.corrupt(noise_key, labels, hparams['label_noise'],
+                                       model.num_classes)
     x, y = augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
                                plan.batch_size, plan.translate, plan.flip, model.dtype)
 
