@@ -84,6 +84,7 @@ def make_train_eval_one(model, plan, seed):
 
 
 def train_eval(ens, state, images, labels, size, to_host):
+  """Per-model train-set accuracies on the first ``size`` training images (host arrays)."""
   run = ens.per_model('lens_train_eval', make_train_eval_one(ens.model, ens.plan, ens.seed), 3, 3)
   totals = None
   for start, n in batches(size, ens.config.eval.batch_size):
@@ -111,6 +112,7 @@ def random_vectors(ens, state, kind):
 
 
 def sharpness(ens, state, images, labels, lens_config, to_host):
+  """(images used, per-model top eigenvalue, residual, trace and its standard error)."""
   size = min(lens_config.sharpness_images, images.shape[0])
   run = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.plan, ens.seed, size),
                       4, 3)
