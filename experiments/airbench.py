@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.model.widths = (64, 256, 256)
   c.model.whiten_kernel_size = 2
   c.model.whiten_eps = 5e-4
-  c.model.whiten_num_images = 5000  # first images of the training set
+  c.model.whiten_num_images = 5000  # first images of the training set (all if fewer)
   c.model.bn_eps = 1e-12
   c.model.bn_momentum = 0.6  # running = 0.6 * running + 0.4 * batch
   c.model.head_scale = 1 / 9
@@ -71,6 +71,11 @@ def get_config(arg=None):
   c.train.batch_size = 1024  # per model; last partial batch of an epoch dropped
   c.train.label_smoothing = 0.2
   c.train.whiten_bias_epochs = 3.0  # whitening bias trains this long, then freezes
+  # Label noise (varjax/label_noise.py; Zhang et al. 2017): each training label is
+  # replaced, with this probability, by a uniformly random class (possibly the true
+  # one), fixed per model from (seed, model id); 1.0: random labels. Evaluation
+  # sets keep their true labels. Per model in a sweep: sweep.label_noise.
+  c.train.label_noise = 0.0
 
   c.opt = ml_collections.ConfigDict()
   c.opt.lr = 11.5  # per 1024 examples, decoupled (see module docstring)
@@ -129,6 +134,33 @@ def get_config(arg=None):
   c.difficulty.forgetting = False
   c.difficulty.forgetting_probe_size = 5000
 
+  # Per-model lenses measured after training (varjax/lenses.py); each costs only
+  # when on (measured: python -m varjax.analysis.bench --lenses, BENCHMARKS.md).
+  c.lenses = ml_collections.ConfigDict()
+  # Flatness (Lengyel et al. 2021; varjax/sharpness.py): top Hessian eigenvalue by
+  # power iteration and trace by Hutchinson's estimator (Rademacher probes) of the
+  # mean label-smoothed training loss on the first sharpness_images training
+  # images, at the final weights, BatchNorm in eval mode.
+  c.lenses.sharpness = False
+  c.lenses.sharpness_images = 512
+  c.lenses.power_iterations = 20  # Hessian-vector products for the top eigenvalue
+  c.lenses.hutchinson_probes = 10  # Hessian-vector products for the trace
+  # Maennel et al. 2020 (varjax/alignment.py): misalignment of the first trained
+  # conv's filters with the covariance of its input patches (the whitening output)
+  # on the first alignment_images training images, along the data's top
+  # alignment_components principal components (None: min(patch dim, filters // 2),
+  # few enough for the filters' sample covariance there to be well conditioned).
+  c.lenses.alignment = False
+  c.lenses.alignment_images = 256
+  c.lenses.alignment_components = config_dict.placeholder(int)
+  # Images per call of the sharpness and alignment programs (XLA:CPU's conv
+  # gradients slow down superlinearly with the batch; accelerators want more).
+  c.lenses.batch_size = 64
+  # Accuracy of the final model on the first train_eval_size training images,
+  # against the labels it trained on (memorisation under label noise) and the
+  # true ones; 0: off.
+  c.lenses.train_eval_size = 0
+
   # Which sources of randomness differ between models (variance study, App. D);
   # a source not listed is shared by all models.
   c.randomness = ml_collections.ConfigDict()
@@ -166,6 +198,7 @@ def get_config(arg=None):
   c.sweep.lr_multipliers = ()  # of opt.lr
   c.sweep.weight_decay_multipliers = ()  # of opt.weight_decay
   c.sweep.label_smoothings = ()  # absolute values
+  c.sweep.label_noise = ()  # absolute values in [0, 1] (train.label_noise)
   c.sweep.seeds_per_point = config_dict.placeholder(int)
 
   # Resume: rerunning the same command on the same workdir continues from the

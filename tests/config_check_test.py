@@ -43,7 +43,6 @@ BAD = [
     ('model.whiten_kernel_size', ('0',), 'int in [1, 32]'),
     ('model.whiten_eps', ('0',), 'number > 0'),
     ('model.whiten_num_images', ('0',), 'int >= 1'),
-    ('model.whiten_num_images', ('5000',), 'exceeds the 1024 training images'),
     ('model.bn_eps', ('-1',), 'number > 0'),
     ('model.bn_momentum', ('1.5',), 'in [0, 1]'),
     ('model.head_scale', ('0',), 'number > 0'),
@@ -115,6 +114,17 @@ BAD = [
     ('sweep.lr_multipliers', ('(0.5,2.0)',), 'seeds_per_point is unset'),
     ('sweep.weight_decay_multipliers', ('(-1.0,)',), 'each a number >= 0'),
     ('sweep.label_smoothings', ('(1.0,)',), 'each a number in [0, 1)'),
+    ('sweep.label_noise', ('(0.5,-0.1)',), 'each a number in [0, 1]'),
+    ('train.label_noise', ('1.5',), 'number in [0, 1]'),
+    ('lenses.sharpness', ('x',), "cannot read 'x'"),
+    ('lenses.sharpness_images', ('0',), 'int >= 1'),
+    ('lenses.power_iterations', ('0',), 'int >= 1'),
+    ('lenses.hutchinson_probes', ('1',), 'int >= 2'),
+    ('lenses.alignment', ('x',), "cannot read 'x'"),
+    ('lenses.alignment_images', ('0',), 'int >= 1'),
+    ('lenses.alignment_components', ('0',), 'int >= 1'),
+    ('lenses.batch_size', ('0',), 'int >= 1'),
+    ('lenses.train_eval_size', ('-1',), 'int >= 0'),
     ('sweep.seeds_per_point', ('0',), 'int >= 1'),
 ]
 
@@ -192,3 +202,4 @@ def test_other_flag_mistakes_are_one_line():
 def test_unknown_variant():
   with pytest.raises(ValueError, match='variant'):
     load_experiment('airbench', 'huge')
+

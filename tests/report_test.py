@@ -3,10 +3,13 @@
 import csv
 import json
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from varjax import report
+from varjax import report_lenses
 
 from conftest import needs_shared_data
 from main_test import run_main
@@ -92,3 +95,34 @@ def test_two_class_run_reports_the_calibrated_binary_prediction(tmp_path):
   report.write_report(str(tmp_path))
   text = (tmp_path / 'report.md').read_text()
   assert 'calibrated binary std' in text and "Theorem 3" in text
+
+
+def test_lens_table_and_plots_from_a_summary(tmp_path):
+  groups, models = [], []
+  for g, noise in enumerate((0.0, 1.0)):
+    groups.append({'group': g, 'name': f'noise={noise:g}', 'values': {'label_noise': noise},
+                   'num_models': 2, 'mean_accuracy': 0.4 - 0.3 * noise,
+                   'mean_train_fit_accuracy': 0.99, 'mean_train_true_accuracy': 0.99 - 0.9 * noise,
+                   'mean_sharpness_top_eigenvalue': 3.0, 'std_sharpness_top_eigenvalue': 0.5,
+                   'sharpness_top_eigenvalue_accuracy_corr': -0.5,
+                   'sharpness_top_eigenvalue_margin_quantile_corr': [0.1, 0.2, -0.7, 0.4, 0.5],
+                   'group_misalignment': 150.0, 'group_misalignment_random_basis': 460.0})
+    models += [{'id': 2 * g + i, 'group': g, 'test_accuracy': 0.3 + 0.01 * i,
+                'margin_quantiles': [0.1, 0.2, 0.3 + i, 0.4, 0.5],
+                'sharpness_top_eigenvalue': 2.0 + i, 'sharpness_trace': 10.0 + i}
+               for i in range(2)]
+  summary = {'name': 'x', 'num_models': 4, 'num_test': 10, 'models': models, 'groups': groups,
+             'margin_quantile_levels': [0.1, 0.25, 0.5, 0.75, 0.9],
+             'lenses': {'sharpness': {'images': 256, 'power_iterations': 15,
+                                      'hutchinson_probes': 8}}}
+  lines = report_lenses.lens_lines(summary)
+  table = [l for l in lines if l.startswith('| ')]
+  assert 'r(top eig., median margin)' in table[0] and 'label noise' in table[0]
+  assert '| noise=1 | 1 | 10.00% | 99.0% | 9.0% | 3 ± 0.5 | -0.50 | -0.70 |' in table[3]
+  assert table[3].endswith('| 150 (460) |') and len(table) == 4
+  assert report_lenses.lens_plots(summary) == ['sharpness_vs_margin.png', 'lenses_by_group.png']
+  matplotlib.use('Agg')
+  report_lenses.plot_lenses(summary, str(tmp_path), plt)
+  for name in report_lenses.lens_plots(summary):
+    assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert report_lenses.lens_lines({**summary, 'groups': [{'group': 0, 'values': {}}]}) == []

@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 
+from varjax import config_check
 from varjax import runner
+from varjax import step as step_lib
 from varjax import train
 
 from conftest import REPO
@@ -63,3 +65,17 @@ def test_bad_sweep_file_is_named(tmp_path):
     assert 'nope.py' in str(e)
   else:
     raise AssertionError('no error')
+
+
+def test_batch_sweep_compares_equal_epochs_and_equal_steps():
+  for variant in ('', 'cpu', 'smoke'):
+    points = runner.load_sweep(str(REPO / 'experiments' / 'batch_sweep.py') + f':{variant}')
+    for p in points:
+      config_check.check(p['config'])
+      assert p['config'].lenses.sharpness
+  points = runner.load_sweep(str(REPO / 'experiments' / 'batch_sweep.py') + ':cpu')
+  plans = {p['name']: step_lib.StepPlan.from_config(p['config'], 2048) for p in points}
+  assert [p['values']['schedule'] for p in points] == ['equal epochs'] * 3 + ['equal steps'] * 2
+  assert plans['b32_equal_steps'].total_steps == plans['b128_equal_epochs'].total_steps == 64
+  assert plans['b512_equal_steps'].total_steps == 64
+  assert plans['b512_equal_epochs'].num_epochs == plans['b32_equal_epochs'].num_epochs == 4

@@ -25,7 +25,7 @@ data.source data.dir data.test_split data.holdout_size data.train_size data.veri
 data.extra_test_sets data.classes
 model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
 model.bn_momentum model.head_scale model.gelu_approximate
-train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs
+train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs train.label_noise
 opt.lr opt.weight_decay opt.momentum opt.bias_lr_scale opt.lr_reference_batch opt.warmup_frac
 opt.lr_start_factor opt.lr_end_factor
 lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
@@ -37,12 +37,16 @@ analysis.seeds_needed_alpha
 difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
 difficulty.depth_probes
 difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
+lenses.sharpness lenses.sharpness_images lenses.power_iterations lenses.hutchinson_probes
+lenses.alignment lenses.alignment_images lenses.alignment_components lenses.batch_size
+lenses.train_eval_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
 ensemble.conv_weight_grad ensemble.conv_grad_slice
 log.every_steps
 checkpoint.every_steps checkpoint.keep checkpoint.async_save
-sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.seeds_per_point
+sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.label_noise
+sweep.seeds_per_point
 """.split())
 
 # CIFAR-10's training images (all sources); the holdout split takes its test set from them.
@@ -178,6 +182,7 @@ RULES = {
     'train.batch_size': integer(2),  # BatchNorm needs two examples
     'train.label_smoothing': BELOW_ONE,
     'train.whiten_bias_epochs': number(0),
+    'train.label_noise': FRACTION,
     'opt.lr': POSITIVE,
     'opt.weight_decay': number(0),
     'opt.momentum': BELOW_ONE,
@@ -210,6 +215,15 @@ RULES = {
     'difficulty.normalized_margin': boolean(),
     'difficulty.forgetting': boolean(),
     'difficulty.forgetting_probe_size': integer(1),
+    'lenses.sharpness': boolean(),
+    'lenses.sharpness_images': integer(1),
+    'lenses.power_iterations': integer(1),
+    'lenses.hutchinson_probes': integer(2),  # its standard error needs two probes
+    'lenses.alignment': boolean(),
+    'lenses.alignment_images': integer(1),
+    'lenses.alignment_components': optional(integer(1)),
+    'lenses.batch_size': integer(1),
+    'lenses.train_eval_size': integer(0),
     'randomness.vary': sequence(one_of('init', 'order', 'augment'), distinct=True),
     'ensemble.models_per_chunk': optional(integer(1)),
     'ensemble.formulation': one_of('auto', 'unrolled', 'vmap', 'grad_of_sum'),
@@ -224,6 +238,7 @@ RULES = {
     'sweep.lr_multipliers': sequence(POSITIVE),
     'sweep.weight_decay_multipliers': sequence(number(0)),
     'sweep.label_smoothings': sequence(BELOW_ONE),
+    'sweep.label_noise': sequence(FRACTION),
     'sweep.seeds_per_point': optional(integer(1)),
 }
 
@@ -264,14 +279,6 @@ def _batch_size(c):
   if c.train.batch_size > n:
     return (f'train.batch_size={c.train.batch_size} exceeds the {_images(c, n)} '
             '(data.train_size, data.holdout_size); lower it.')
-  return None
-
-
-def _whiten_images(c):
-  n = num_train_images(c)
-  if c.model.whiten_num_images > n:
-    return (f'model.whiten_num_images={c.model.whiten_num_images} exceeds the '
-            f'{_images(c, n)}; lower it.')
   return None
 
 
@@ -316,7 +323,7 @@ def _sweep(c):
 
 # Checks of several keys at once, run after every key passed its rule; each
 # returns an error message naming the keys, or None.
-RELATIONS = (_data_size, _batch_size, _whiten_images, _depth_k, _margin_quantiles, _chunk,
+RELATIONS = (_data_size, _batch_size, _depth_k, _margin_quantiles, _chunk,
              _model_ids, _sweep)
 
 

@@ -38,6 +38,7 @@ from varjax import analysis
 from varjax import config_check
 from varjax import data as data_lib
 from varjax import difficulty as difficulty_lib
+from varjax import label_noise
 from varjax import memory_plan
 from varjax import optim
 from varjax import programs
@@ -385,7 +386,8 @@ class Ensemble:
 
     def step_one(per_model, images, labels, step):
       state, hparams, model_id, order = per_model
-      return train_step(state, hparams, key('augment', model_id), order, images, labels, step)
+      return train_step(state, hparams, key('augment', model_id), order, images, labels, step,
+                        label_noise.noise_key(self.seed, model_id))
 
     step_chunk = None
     if self.formulation == 'grad_of_sum':
@@ -394,7 +396,8 @@ class Ensemble:
       def step_chunk(per_model, images, labels, step):  # a whole chunk in one gradient
         state, hparams, model_ids, orders = per_model
         keys = jax.vmap(lambda i: key('augment', i))(model_ids)
-        return grad_of_sum(state, hparams, keys, orders, images, labels, step)
+        noise_keys = jax.vmap(lambda i: label_noise.noise_key(self.seed, i))(model_ids)
+        return grad_of_sum(state, hparams, keys, orders, images, labels, step, noise_keys)
 
     if self.chunk_loop == 'scan':
       # The state (first argument) is donated: updated in place, no second copy.
@@ -435,6 +438,10 @@ class Ensemble:
 
     self._compiled[name] = run
     return run
+
+  def per_model(self, name, fn, num_per_model, num_shared):
+    """The per-model machinery (``_per_model``) for probes defined elsewhere (lenses.py)."""
+    return self._per_model(name, fn, num_per_model, num_shared)
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""

@@ -19,7 +19,9 @@ and, when the run measured them (config.difficulty):
                                  normalized) against its test accuracy;
   depth_vs_example_accuracy.png  mean prediction depth of each test example vs p_i;
   forgetting_vs_example_accuracy.png  mean forgetting events of each probe
-                                 training example vs its final accuracy p_i.
+                                 training example vs its final accuracy p_i;
+and, when the run measured lenses (config.lenses), a "Lenses" table and the
+plots of varjax/report_lenses.py.
 """
 
 import csv
@@ -31,6 +33,8 @@ import sys
 import numpy as np
 from absl import app
 from absl import flags
+
+from varjax import report_lenses
 
 CI = 'ci'  # format of a [low, high] pair of fractions
 COLUMNS = (  # (summary key, header, format)
@@ -163,8 +167,9 @@ def write_markdown(summary, path, per_example=None):
               '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows] + ['']
   lines += difficulty_lines(summary)
-  plots = variance_plots(summary, per_example)
-  lines += [f'![{name}]({name})' for name in plots + difficulty_plots(summary, per_example)]
+  lines += report_lenses.lens_lines(summary)
+  plots = variance_plots(summary, per_example) + difficulty_plots(summary, per_example)
+  lines += [f'![{name}]({name})' for name in plots + report_lenses.lens_plots(summary)]
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
@@ -342,6 +347,7 @@ def plot_all(summary, per_example, workdir):
   if ENSEMBLE_PLOT in variance_plots(summary, per_example):
     plot_ensemble_sizes(summary, workdir, plt)
   plot_difficulty(summary, per_example, workdir, plt)
+  report_lenses.plot_lenses(summary, workdir, plt)
 
 
 def plot_ensemble_sizes(summary, workdir, plt):
@@ -448,7 +454,7 @@ def write_report(workdir):
   write_csv(summary, os.path.join(workdir, 'report.csv'))
   plot_all(summary, per_example, workdir)
   outputs = ['report.md', 'report.csv'] + variance_plots(summary, per_example)
-  outputs += difficulty_plots(summary, per_example)
+  outputs += difficulty_plots(summary, per_example) + report_lenses.lens_plots(summary)
   return [os.path.join(workdir, name) for name in outputs]
 
 

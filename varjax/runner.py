@@ -61,7 +61,7 @@ MERGED_PER_GROUP_ARRAYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'dep
 
 # Settings that label the statistics (train.analysis_settings), taken from the first point.
 SHARED_SETTINGS = ('seeds_needed_deltas', 'seeds_needed_power', 'seeds_needed_alpha',
-                   'ensemble_subsets', 'confidence_level', 'depth_probes')
+                   'ensemble_subsets', 'confidence_level', 'depth_probes', 'lenses')
 
 
 def merge(points, workdir):

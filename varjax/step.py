@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from varjax import augment
+from varjax import label_noise as label_noise_lib
 from varjax import optim
 from varjax.models import airbench
 
@@ -43,6 +44,9 @@ class StepPlan:
   lookahead_decay: float
   lookahead_power: float
   tta_level: int
+  # Whether any model trains on corrupted labels (label_noise.py); static, so a
+  # run without noise compiles exactly the program it did before.
+  label_noise: bool = False
 
   @classmethod
   def from_config(cls, config, num_train):
@@ -59,7 +63,8 @@ class StepPlan:
         warmup_frac=config.opt.warmup_frac, lr_start_factor=config.opt.lr_start_factor,
         lr_end_factor=config.opt.lr_end_factor, lookahead=config.lookahead.enabled,
         lookahead_every=config.lookahead.every_steps, lookahead_decay=config.lookahead.decay,
-        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level)
+        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level,
+        label_noise=config.train.label_noise > 0 or any(f > 0 for f in config.sweep.label_noise))
 
   @property
   def num_epochs(self):
@@ -118,7 +123,10 @@ def all_finite(tree):
 def make_step_parts(model, plan, whiten_bias_live=True):
   """The three stages of one model's train step: ``(batch, loss, apply)``.
 
-  batch(augment_key, order, images, labels, step) -> (x, y): the augmented batch.
+  batch(augment_key, order, images, labels, step, noise_key, noise) -> (x, y): the
+  augmented batch. With ``plan.label_noise`` the whole training set's true
+  ``labels`` are first corrupted with probability ``noise`` from the model's
+  ``noise_key`` (label_noise.py); the loss and accuracy are against them.
   loss(params, batch_stats, x, y, smoothing) -> (summed loss, (logits, batch_stats)).
   apply(state, hparams, step, loss, aux, y, grads) -> (new_state, metrics): the
   optimiser, lookahead and divergence guard given the loss gradients.
@@ -133,7 +141,9 @@ def make_step_parts(model, plan, whiten_bias_live=True):
   CPU: the 31x31x24 maps), with the same result as masking the bias update.
   """
 
-  def batch(augment_key, order, images, labels, step):
+  def batch(augment_key, order, images, labels, step, noise_key=None, noise=None):
+    if plan.label_noise:
+      labels = label_noise_lib.corrupt(noise_key, labels, noise, model.num_classes)
     return augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
                                plan.batch_size, plan.translate, plan.flip, model.dtype)
 
@@ -182,7 +192,7 @@ def make_step_parts(model, plan, whiten_bias_live=True):
 
 
 def make_train_step(model, plan, whiten_bias_live=True):
-  """Returns train_step(state, hparams, augment_key, order, images, labels, step).
+  """Returns train_step(state, hparams, augment_key, order, images, labels, step, noise_key).
 
   ``step`` is the number of steps already taken (global, the same for all models).
   Returns (new_state, metrics) with metrics {'loss': mean per example, 'accuracy'}.
@@ -191,8 +201,9 @@ def make_train_step(model, plan, whiten_bias_live=True):
   """
   batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
 
-  def train_step(state, hparams, augment_key, order, images, labels, step):
-    x, y = batch(augment_key, order, images, labels, step)
+  def train_step(state, hparams, augment_key, order, images, labels, step, noise_key=None):
+    x, y = batch(augment_key, order, images, labels, step, noise_key,
+                 hparams.get('label_noise'))
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'], state['batch_stats'], x, y, hparams['label_smoothing'])
     return apply(state, hparams, step, loss, aux, y, grads)
@@ -203,9 +214,9 @@ def make_train_step(model, plan, whiten_bias_live=True):
 def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
   """``make_train_step`` for a chunk of models stacked on axis 0, in one gradient.
 
-  Returns chunk_step(states, hparams, augment_keys, orders, images, labels, step)
-  with every argument but the shared images, labels and step stacked over the
-  chunk. The forward is vmapped over models and ``value_and_grad`` of the sum
+  Returns chunk_step(states, hparams, augment_keys, orders, images, labels, step,
+  noise_keys) with every argument but the shared images, labels and step stacked
+  over the chunk. The forward is vmapped over models and ``value_and_grad`` of the sum
   of their losses is taken outside the vmap: d(sum_j L_j)/d(params_k) =
   dL_k/d(params_k) because models share nothing, so this is the per-model step
   written so that the compiler sees batched backward convolutions (ensemble
@@ -213,9 +224,10 @@ def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
   """
   batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
 
-  def chunk_step(states, hparams, augment_keys, orders, images, labels, step):
-    x, y = jax.vmap(batch, in_axes=(0, 0, None, None, None))(
-        augment_keys, orders, images, labels, step)
+  def chunk_step(states, hparams, augment_keys, orders, images, labels, step, noise_keys=None):
+    noise = hparams.get('label_noise') if plan.label_noise else None
+    x, y = jax.vmap(batch, in_axes=(0, 0, None, None, None, 0, 0))(
+        augment_keys, orders, images, labels, step, noise_keys, noise)
 
     def total(params):
       losses, aux = jax.vmap(loss_fn)(params, states['batch_stats'], x, y,

@@ -8,8 +8,9 @@ its id alone, so model k of a sweep equals a single-point run of model k at the
 same values (tests/sweep_test.py).
 
 Config (``config.sweep``): ``lr_multipliers``, ``weight_decay_multipliers``
-(of ``opt.lr`` / ``opt.weight_decay``), ``label_smoothings`` (absolute values);
-the grid is their Cartesian product (an empty list: the config's value).
+(of ``opt.lr`` / ``opt.weight_decay``), ``label_smoothings`` and
+``label_noise`` (absolute values; label_noise.py); the grid is their
+Cartesian product (an empty list: the config's value).
 ``seeds_per_point`` models per point; ``num_models`` must equal points x seeds.
 
 Example:
@@ -27,7 +28,7 @@ import numpy as np
 from varjax import optim
 from varjax.config_check import ConfigError
 
-AXES = ('lr_multipliers', 'weight_decay_multipliers', 'label_smoothings')
+AXES = ('lr_multipliers', 'weight_decay_multipliers', 'label_smoothings', 'label_noise')
 
 
 def is_sweep(config):
@@ -37,16 +38,18 @@ def is_sweep(config):
 def grid_points(config):
   """The grid in config units, one dict per point (point g is group g).
 
-  Keys: lr_multiplier, lr, weight_decay_multiplier, weight_decay, label_smoothing.
+  Keys: lr_multiplier, lr, weight_decay_multiplier, weight_decay, label_smoothing,
+  label_noise.
   """
   s = config.sweep
   lr_mults = tuple(s.lr_multipliers) or (1.0,)
   wd_mults = tuple(s.weight_decay_multipliers) or (1.0,)
   smoothings = tuple(s.label_smoothings) or (config.train.label_smoothing,)
+  noises = tuple(s.label_noise) or (config.train.label_noise,)
   return [{'lr_multiplier': float(a), 'lr': config.opt.lr * a,
            'weight_decay_multiplier': float(b), 'weight_decay': config.opt.weight_decay * b,
-           'label_smoothing': float(c)}
-          for a, b, c in itertools.product(lr_mults, wd_mults, smoothings)]
+           'label_smoothing': float(c), 'label_noise': float(d)}
+          for a, b, c, d in itertools.product(lr_mults, wd_mults, smoothings, noises)]
 
 
 def seeds_per_point(config):
@@ -76,12 +79,13 @@ def model_hparams(config, num_models):
   points = grid_points(config)
   groups = model_groups(config, num_models)
   values = {}
-  for name in ('lr', 'weight_decay', 'label_smoothing'):
+  for name in ('lr', 'weight_decay', 'label_smoothing', 'label_noise'):
     values[name] = np.array([points[g][name] for g in groups], np.float64)
   lr, wd = optim.sgd_units(values['lr'], values['weight_decay'], config.opt.momentum,
                            config.train.batch_size, config.opt.lr_reference_batch)
   return {'lr': lr.astype(np.float32), 'weight_decay': wd.astype(np.float32),
-          'label_smoothing': values['label_smoothing'].astype(np.float32)}
+          'label_smoothing': values['label_smoothing'].astype(np.float32),
+          'label_noise': values['label_noise'].astype(np.float32)}
 
 
 def swept_values(config):
@@ -89,7 +93,8 @@ def swept_values(config):
   s = config.sweep
   keys = ((('lr', 'lr_multiplier') if len(s.lr_multipliers) else ())
           + (('weight_decay', 'weight_decay_multiplier') if len(s.weight_decay_multipliers)
-             else ()) + (('label_smoothing',) if len(s.label_smoothings) else ()))
+             else ()) + (('label_smoothing',) if len(s.label_smoothings) else ())
+          + (('label_noise',) if len(s.label_noise) else ()))
   return [{k: p[k] for k in keys} for p in grid_points(config)]
 
 
@@ -104,5 +109,7 @@ def point_names(config):
       parts.append(f"wd={values['weight_decay']:.4g} (x{values['weight_decay_multiplier']:g})")
     if 'label_smoothing' in values:
       parts.append(f"ls={values['label_smoothing']:g}")
+    if 'label_noise' in values:
+      parts.append(f"noise={values['label_noise']:g}")
     names.append(' '.join(parts) or 'all models')
   return names

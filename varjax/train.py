@@ -28,6 +28,7 @@ from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
 from varjax import ensemble as ensemble_lib
+from varjax import lenses as lenses_lib
 from varjax import progress as progress_lib
 from varjax import sweep
 from varjax import writers
@@ -276,6 +277,10 @@ def train_and_evaluate(config, workdir, progress_desc=None):
     logging.info('%s (%d images): mean accuracy %.4f', name, len(labels),
                  extra[-1][2]['accuracy'].mean())
   eval_time = time.perf_counter() - start
+  start = time.perf_counter()
+  lenses = (lenses_lib.measure(ens, state, train_images, train_labels, to_host)
+            if lenses_lib.enabled(config) else None)
+  lenses_time = time.perf_counter() - start
   writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
                test_accuracy_std=_json_value(results['std_accuracy'][0]), eval_seconds=eval_time,
                checkpoint_close_seconds=close_seconds)
@@ -287,11 +292,12 @@ def train_and_evaluate(config, workdir, progress_desc=None):
               'total_steps': plan.total_steps, 'backend': jax.default_backend(),
               'num_devices': int(ens.mesh.devices.size),
               'models_per_chunk': ens.models_per_chunk,
-              'train_seconds': train_time, 'eval_seconds': eval_time}
+              'train_seconds': train_time, 'eval_seconds': eval_time,
+              'lenses_seconds': lenses_time}
   summary = None
   if is_writer:
     summary = write_summary(workdir, ens, run_info, last, results, dataset.test_labels,
-                            diverged, extra, dynamics)
+                            diverged, extra, dynamics, lenses)
   for line in analysis.report_lines(results, sweep.point_names(config),
                                     tuple(config.analysis.seeds_needed_deltas)):
     logging.info('%s', line)
@@ -324,7 +330,7 @@ def _group_rows(ens, results):
 
 
 def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, diverged,
-                  extra_test_sets=(), dynamics=None):
+                  extra_test_sets=(), dynamics=None, lenses=None):
   """Writes summary.json and per_example.npz; returns the summary dict.
 
   ``diverged``: (N,) step at which each model diverged, -1 if it did not.
@@ -332,8 +338,16 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
   gets the same per-model and per-group results under ``extra_test_sets``.
   ``dynamics``: the forgetting records and ``analysis.dynamics_stats`` (host
   arrays), or None when ``difficulty.forgetting`` is off.
+  ``lenses``: what ``lenses.measure`` returned, or None; each model and group
+  gets its ``lenses.summarize`` values.
   """
   points = sweep.grid_points(ens.config)
+  lens_values, lens_groups, lens_settings = {}, {}, None
+  if lenses is not None:
+    member = accumulate.group_membership(np.where(diverged >= 0, -1, ens.groups),
+                                         int(ens.groups.max()) + 1)
+    lens_values, lens_groups, lens_settings = lenses_lib.summarize(
+        lenses, member, results['accuracy'], results['margin_quantiles'], ens.config)
   models = []
   for k in range(ens.num_models):
     entry = {'id': int(ens.model_ids[k]), 'seed': run_info['seed'],
@@ -345,18 +359,25 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
     entry.update(_model_metrics(results, k))
     if dynamics is not None:
       entry.update({name: _json_value(dynamics[name][k]) for name in DYNAMICS_PER_MODEL})
+    entry.update({name: _json_value(lens_values[name][k]) for name in lenses_lib.PER_MODEL_KEYS
+                  if name in lens_values})
     models.append(entry)
   extra = [{'name': name, 'num_test': len(labels),
             'models': [{'id': int(ens.model_ids[k]), 'group': int(ens.groups[k]),
                         **_model_metrics(r, k)} for k in range(ens.num_models)],
             'groups': _group_rows(ens, r)} for name, labels, r in extra_test_sets]
+  groups = _group_rows(ens, results)
+  for g, row in enumerate(groups):
+    row.update({name: _json_value(v[g]) for name, v in lens_groups.items()})
   summary = {**run_info, 'num_models': ens.num_models,
              'diverged': [{'id': int(ens.model_ids[k]), 'step': int(diverged[k])}
                           for k in np.flatnonzero(diverged >= 0)],
-             'models': models, 'groups': _group_rows(ens, results),
+             'models': models, 'groups': groups,
              'extra_test_sets': extra,
              'margin_quantile_levels': list(ens.config.analysis.margin_quantiles),
              **analysis_settings(ens.config)}
+  if lens_settings:
+    summary['lenses'] = lens_settings
   if dynamics is not None:
     summary['forgetting'] = {
         'probes': f"training images [0, {ens.num_probes})", 'num_probes': ens.num_probes,

@@ -17,8 +17,17 @@ training steps (``over_train_epoch``). Prediction depth is timed twice: with
 the config's ``depth_probes`` (default: the input, the whitening output and
 every conv, 8 places) and with only the three conv groups' outputs
 (``prediction_depth_groups``), so the extra probes' cost is their difference.
+
+With ``--lenses``, one line per N and lens (config.lenses; varjax/lenses.py):
+a call's seconds against the plain evaluation of as many images
+(``over_plain``), and the lens's whole cost per run: ``sharpness``
+(one Hessian-vector product call of ``lenses.batch_size`` images; the run
+takes (power_iterations + hutchinson_probes) x ceil(sharpness_images /
+batch_size) of them), ``alignment`` (patch moments of one batch) and
+``train_eval`` (one batch of the train-set evaluation).
 """
 
+import math
 import json
 import time
 
@@ -41,6 +50,7 @@ _BATCH = flags.DEFINE_integer('batch', 200, 'Test images per batch.')
 _EXAMPLES = flags.DEFINE_integer('examples', 10_000, 'Test-set size n of the analysis state.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions (after one warm-up).')
 _DIFFICULTY = flags.DEFINE_bool('difficulty', True, 'Also time each example-difficulty probe.')
+_LENSES = flags.DEFINE_bool('lenses', False, 'Also time each per-model lens (config.lenses).')
 
 
 def timed(fn, repeats):
@@ -96,6 +106,51 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
     yield row
 
 
+def lens_costs(config, num_models, kernel, repeats):
+  """Yields one dict per lens: a call's seconds against the plain evaluation, and per run."""
+  from varjax import alignment as alignment_lib  # pylint: disable=g-import-not-at-top
+  from varjax import lenses as lenses_lib  # pylint: disable=g-import-not-at-top
+  from varjax import sharpness as sharpness_lib  # pylint: disable=g-import-not-at-top
+  from varjax import step as step_lib  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.num_models = num_models
+  lens = c.lenses
+  rng = np.random.default_rng(2)
+  b = lens.batch_size
+  images = jnp.asarray(rng.integers(0, 256, (max(b, c.eval.batch_size), 32, 32, 3), np.uint8))
+  labels = jnp.asarray(rng.integers(0, 10, images.shape[0]).astype(np.int32))
+  ens = ensemble_lib.Ensemble(c, num_train=images.shape[0])
+  state = ens.init(kernel)
+  plain = lambda n: timed(lambda: ens.logits(state, images[:n]), repeats)
+  ids = jnp.arange(b, dtype=jnp.int32)
+  hvp = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.plan, 0, b), 4, 3)
+  vector = lenses_lib.random_vectors(ens, state, 'rademacher')(1)
+  hvp_s = timed(lambda: hvp(state, ens.hparams, ens.ids, vector, images[:b], labels, ids),
+                repeats)
+  plain_s = plain(b)
+  calls = (lens.power_iterations + lens.hutchinson_probes) * math.ceil(lens.sharpness_images / b)
+  yield {'lens': 'sharpness', 'num_models': num_models, 'batch': b,
+         's_per_call': round(hvp_s, 4), 'over_plain': round(hvp_s / plain_s, 2),
+         'calls_per_run': calls, 's_per_run': round(calls * hvp_s, 1)}
+  final = lambda s: step_lib.final_variables(s, ens.plan)
+  moments = ens.per_model('lens_alignment', alignment_lib.make_moments_one(ens.model, final),
+                          1, 1)
+  align_s = timed(lambda: moments(state, images[:b]), repeats)
+  calls = math.ceil(lens.alignment_images / b)
+  yield {'lens': 'alignment', 'num_models': num_models, 'batch': b,
+         's_per_call': round(align_s, 4), 'over_plain': round(align_s / plain_s, 2),
+         'calls_per_run': calls, 's_per_run': round(calls * align_s, 1)}
+  e = c.eval.batch_size
+  counts = ens.per_model('lens_train_eval',
+                         lenses_lib.make_train_eval_one(ens.model, ens.plan, 0), 3, 3)
+  eval_ids = jnp.arange(e, dtype=jnp.int32)
+  count_s = timed(lambda: counts(state, ens.hparams, ens.ids, images[:e], labels, eval_ids),
+                  repeats)
+  yield {'lens': 'train_eval', 'num_models': num_models, 'batch': e,
+         's_per_call': round(count_s, 4), 'over_plain': round(count_s / plain(e), 2),
+         'images_per_s': round(num_models * e / count_s)}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -134,6 +189,9 @@ def main(argv):
         'state_mbytes': round(state_bytes / 2**20, 1)}), flush=True)
     if _DIFFICULTY.value:
       for row in difficulty_costs(config, num_models, images, labels, kernel, repeats):
+        print(json.dumps({'backend': jax.default_backend(), **row}), flush=True)
+    if _LENSES.value:
+      for row in lens_costs(config, num_models, kernel, repeats):
         print(json.dumps({'backend': jax.default_backend(), **row}), flush=True)
 
 
