@@ -72,7 +72,8 @@ def register(monkeypatch, builder_cls, urls_to_files):
 
 def tfds_config(tfds_dir, **kw):
   c = ml_collections.ConfigDict(dict(source='auto', dir=str(tfds_dir), test_split='test',
-                                     holdout_size=10, train_size=None, verify_checksums=True))
+                                     holdout_size=10, train_size=None, verify_checksums=True,
+                                     classes=()))
   c.update(kw)
   return c
 
