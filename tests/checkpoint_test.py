@@ -17,6 +17,7 @@ import pytest
 
 from varjax import checkpoint
 from varjax import ensemble
+from varjax import mesh as mesh_lib
 from varjax import step as step_lib
 from varjax import train
 from varjax.models import airbench
@@ -26,12 +27,12 @@ from ensemble_test import NUM_TRAIN, assert_models_equal
 
 
 def sharded_state(num_models=8, size=(3, 5)):
-  mesh = ensemble.make_mesh(jax.devices()[:min(8, len(jax.devices()))])
+  mesh = mesh_lib.make_mesh(jax.devices()[:min(8, len(jax.devices()))])
   rng = np.random.default_rng(0)
   tree = {'w': rng.normal(size=(num_models, *size)).astype(np.float32),
           'count': np.arange(num_models, dtype=np.int32),
           'bias': rng.normal(size=(num_models,)).astype(np.float32)}
-  return jax.device_put(tree, ensemble.model_sharding(mesh))
+  return jax.device_put(tree, mesh_lib.model_sharding(mesh))
 
 
 def test_round_trip_is_exact_and_keeps_the_last_k(tmp_path):
@@ -98,7 +99,7 @@ def test_resume_with_a_different_config_names_the_fields(tmp_path):
 
 def train_models(num_models, first_model_id=0, **overrides):
   config = tiny_config(num_models=num_models, first_model_id=first_model_id, **overrides)
-  ens = ensemble.Ensemble(config, NUM_TRAIN, ensemble.make_mesh(jax.devices()[:1]))
+  ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
   images, labels = random_images(NUM_TRAIN)
   state = ens.init(airbench.whitening_kernel_for(images, config.model))
   for epoch, steps in ens.plan.epochs():
@@ -128,7 +129,7 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
   kernel = airbench.whitening_kernel_for(images, config.model)
 
   def ensemble_on(num_devices):
-    return ensemble.Ensemble(config, NUM_TRAIN, ensemble.make_mesh(jax.devices()[:num_devices]))
+    return ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:num_devices]))
 
   def train(ens, state, first, last):
     for epoch, steps in ens.plan.epochs():
@@ -153,7 +154,7 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
   done, state, _ = again.restore_latest(four.init(kernel), {'loss': four.zeros(())})
   again.close()
   assert done == stop
-  assert all(x.sharding == ensemble.model_sharding(four.mesh) for x in jax.tree.leaves(state))
+  assert all(x.sharding == mesh_lib.model_sharding(four.mesh) for x in jax.tree.leaves(state))
   resumed = train(four, state, stop, total)
   for got, want in zip(jax.tree.leaves(step_lib.final_variables(resumed, four.plan)),
                        jax.tree.leaves(step_lib.final_variables(reference, eight.plan))):

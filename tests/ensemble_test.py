@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from varjax import ensemble
+from varjax import mesh as mesh_lib
 from varjax import step as step_lib
 from varjax.models import airbench
 
@@ -26,7 +27,7 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
   config = tiny_config(num_models=num_models, first_model_id=first_model_id,
                        **{'ensemble.models_per_chunk': models_per_chunk}, **DIFFICULTY,
                        **overrides)
-  mesh = ensemble.make_mesh(jax.devices()[:num_devices])
+  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh)
   images, labels = random_images(NUM_TRAIN)
   kernel = airbench.whitening_kernel_for(images, config.model)
@@ -105,7 +106,7 @@ def test_shared_sources_make_models_identical():
 def test_num_models_must_divide_over_devices():
   config = tiny_config(num_models=3)
   with pytest.raises(ValueError, match='multiple of the 2 devices'):
-    ensemble.Ensemble(config, NUM_TRAIN, ensemble.make_mesh(jax.devices()[:2]))
+    ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:2]))
 
 
 def test_model_key_depends_only_on_seed_purpose_and_id():

@@ -6,6 +6,7 @@ import numpy as np
 from varjax import analysis
 from varjax import ensemble
 from varjax import lenses
+from varjax import mesh as mesh_lib
 from varjax.analysis import accumulate
 from varjax.models import airbench
 
@@ -23,7 +24,7 @@ LENSES = {'lenses.sharpness': True, 'lenses.sharpness_images': 16, 'lenses.batch
 def measured(num_models, first_model_id=0, models_per_chunk=1, **overrides):
   config = tiny_config(num_models=num_models, first_model_id=first_model_id,
                        **{'ensemble.models_per_chunk': models_per_chunk}, **LENSES, **overrides)
-  ens = ensemble.Ensemble(config, NUM_TRAIN, ensemble.make_mesh(jax.devices()[:1]))
+  ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
   images, labels = random_images(NUM_TRAIN)
   # At init: the lens programs are what is tested (training's independence is
   # ensemble_test's), and skipping the step keeps the test to its compiles.

@@ -33,6 +33,8 @@ from ml_collections import config_flags
 
 from varjax import cli
 from varjax import ensemble as ensemble_lib
+from varjax import ensemble_options
+from varjax import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _MODELS = flags.DEFINE_list('models', ['8', '32'], 'Ensemble sizes to time.')
@@ -113,7 +115,7 @@ def time_training(config, num_train, steps, mesh=None, repeats=1):
   are None when the bias trains throughout)."""
   ens = ensemble_lib.Ensemble(config, num_train, mesh)
   rng = np.random.default_rng(0)
-  rep = ensemble_lib.replicated(ens.mesh)
+  rep = mesh_lib.replicated(ens.mesh)
   images = jax.device_put(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8), rep)
   labels = jax.device_put(rng.integers(0, 10, num_train).astype(np.int32), rep)
   kernel = np.random.default_rng(1).normal(size=(2, 2, 3, 24)).astype(np.float32) * 0.1
@@ -164,7 +166,7 @@ def time_evaluation(ens, state, num_test, batch_size):
   """Model-images/s of TTA evaluation with the analysis kernel (second pass, compiled)."""
   from varjax import train  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
-  rep = ensemble_lib.replicated(ens.mesh)
+  rep = mesh_lib.replicated(ens.mesh)
   images = jax.device_put(rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8), rep)
   labels = jax.device_put(rng.integers(0, 10, num_test).astype(np.int32), rep)
   evaluate = train.make_evaluator(ens, num_test, 10, batch_size, ens.config.analysis)
@@ -181,8 +183,8 @@ def main(argv):
   widths = tuple(base.model.widths)
   batch = base.train.batch_size
   steps, repeats = _STEPS.value, _REPEATS.value
-  compute_dtype = ensemble_lib.resolve_compute_dtype(base.ensemble.compute_dtype, backend)
-  dtype = ensemble_lib.COMPUTE_DTYPES[compute_dtype]
+  compute_dtype = ensemble_options.resolve_compute_dtype(base.ensemble.compute_dtype, backend)
+  dtype = ensemble_options.COMPUTE_DTYPES[compute_dtype]
   peak = matmul_peak_flops(dtype)
   fraction = live_fraction(base)
   flops = (fraction * train_flops_per_image(widths)
@@ -195,7 +197,7 @@ def main(argv):
     one = base.copy_and_resolve_references()
     one.num_models, one.ensemble.models_per_chunk = 1, 1
     one.ensemble.formulation = 'unrolled'
-    mesh = ensemble_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     _, _, one_times = time_training(one, num_train, steps, mesh, repeats)
     sequential = batch / run_step_seconds(one_times, fraction)
   peer = peer_rates = None

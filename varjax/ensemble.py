@@ -1,17 +1,10 @@
 """N models as one program: stacked states, the 'models' mesh, the jitted ensemble step.
 
-Every per-model array has a leading models axis sharded over all devices with
-``NamedSharding(mesh, P('models'))``; data is replicated. Inside ``shard_map``
-each device runs its own models in chunks of ``models_per_chunk``:
-
-- the chunk loop is a ``lax.scan`` (one dispatch per step; compile time
-  independent of N) on accelerators, and a host loop over one jitted chunk
-  function on CPU, where XLA runs convolutions inside loops ~10x slower;
-- within a chunk the models are 'unrolled' (each model's convolutions stay
-  dense, bit-identical to the model run alone; ``vmap`` would make grouped
-  convolutions, ~40x slower on XLA:CPU), 'vmap' (batched; TPU's default) or
-  'grad_of_sum' (the forward vmapped, the gradient of the chunk's summed loss
-  taken outside the vmap: batched backward kernels; GPU's default).
+Every per-model array has a leading models axis sharded over all devices
+(``mesh.py``); data is replicated. Inside ``shard_map`` each device runs its
+own models in chunks of ``models_per_chunk`` (``chunk_loop.py``: a scan or a
+host loop; 'unrolled', 'vmap' or 'grad_of_sum' within a chunk), the choices
+that 'auto' makes per platform in ``ensemble_options.py``.
 
 The programs are built from abstract shapes for any mesh (``programs.py``,
 ``varjax.aot``); arrays are placed only when a program first runs.
@@ -32,21 +25,21 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from varjax import analysis
+from varjax import chunk_loop as chunk_loop_lib
 from varjax import config_check
 from varjax import data as data_lib
 from varjax import difficulty as difficulty_lib
+from varjax import ensemble_options as options
 from varjax import label_noise
 from varjax import memory_plan
-from varjax import optim
+from varjax import mesh as mesh_lib
 from varjax import programs
 from varjax import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
 
-MODELS = 'models'
 PURPOSES = ('init', 'order', 'augment')
 
 
@@ -54,135 +47,6 @@ def model_key(seed, purpose, model_id, vary):
   """The key of one model for one purpose; shared by all models unless ``purpose`` varies."""
   base = jax.random.fold_in(jax.random.key(seed), PURPOSES.index(purpose))
   return jax.random.fold_in(base, model_id) if purpose in vary else base
-
-
-def make_mesh(devices=None):
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (MODELS,))
-
-
-def model_sharding(mesh):
-  return NamedSharding(mesh, P(MODELS))
-
-
-def replicated(mesh):
-  return NamedSharding(mesh, P())
-
-
-FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def resolve_compute_dtype(compute_dtype, platform):
-  """'auto': float32 on CPU, bfloat16 on accelerators (half the compiled step's
-  memory and traffic of float32 on H100 and v5e; BENCHMARKS.md)."""
-  if compute_dtype == 'auto':
-    return 'float32' if platform == 'cpu' else 'bfloat16'
-  return compute_dtype
-
-
-def resolve_formulation(formulation, platform):
-  """'auto': what the compilers' output favours (BENCHMARKS.md, "Formulations").
-
-  CPU: unrolled (vmap's grouped convs are ~40x slower on XLA:CPU). GPU:
-  grad_of_sum (cuDNN backward-filter kernels where vmap makes map-sized forward
-  windows; the least memory and traffic of the three). TPU: vmap (the least
-  traffic; the same memory as grad_of_sum; unrolled compiles ~4x longer).
-  """
-  if formulation == 'auto':
-    return {'cpu': 'unrolled', 'gpu': 'grad_of_sum'}.get(platform, 'vmap')
-  return formulation
-
-
-CHUNK_LOOPS = ('auto', 'scan', 'host')
-
-
-def resolve_chunk_loop(chunk_loop, platform):
-  """'auto': 'host' on CPU (XLA:CPU runs convolutions inside a while loop up to
-  ~10x slower, measured), 'scan' elsewhere (one dispatch per step)."""
-  if chunk_loop == 'auto':
-    return 'host' if platform == 'cpu' else 'scan'
-  return chunk_loop
-
-
-CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
-
-
-def resolve_conv_weight_grad(conv_weight_grad, platform):
-  """'auto': 'sliced' on CPU (XLA:CPU's kernel gradient slows superlinearly with the
-  batch; models/conv.py), XLA's own elsewhere."""
-  if conv_weight_grad == 'auto':
-    return 'sliced' if platform == 'cpu' else 'xla'
-  return conv_weight_grad
-
-
-def run_chunk(fn, chunk, shared, formulation, chunk_fn=None):
-  """``fn`` on each model of a chunk (per-model pytrees stacked on axis 0).
-
-  ``chunk_fn(chunk, *shared)``, when given, computes the whole chunk at once
-  (the 'grad_of_sum' train step); other programs vmap under 'grad_of_sum'.
-  """
-  if chunk_fn is not None:
-    return chunk_fn(chunk, *shared)
-  if formulation in ('vmap', 'grad_of_sum'):
-    return jax.vmap(lambda m: fn(m, *shared))(chunk)
-  c = jax.tree.leaves(chunk)[0].shape[0]
-  outs = [fn(jax.tree.map(lambda x, i=i: x[i], chunk), *shared) for i in range(c)]
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-
-def map_models(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
-  """Applies ``fn(per_model_args, *shared)`` to every model of stacked pytrees.
-
-  The first ``num_per_model`` arguments of the mapped function are stacked
-  over models (passed to ``fn`` as one tuple); the rest are shared.
-
-  Scans over chunks of ``models_per_chunk`` models; within a chunk the calls
-  are unrolled ('unrolled': each model's ops stay dense, bit-identical to the
-  model run alone) or vectorised ('vmap': batched/grouped ops, faster on
-  accelerators, not guaranteed bit-identical to a lone model); ``chunk_fn``
-  replaces both (``run_chunk``).
-  """
-
-  def mapped(*per_model_and_shared):
-    per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
-    n = jax.tree.leaves(per_model)[0].shape[0]
-    c = models_per_chunk
-    if n % c:
-      raise ValueError(f'{n} models per device is not a multiple of '
-                       f'ensemble.models_per_chunk={c}.')
-    chunks = jax.tree.map(lambda x: x.reshape((n // c, c) + x.shape[1:]), per_model)
-    _, out = jax.lax.scan(
-        lambda carry, chunk: (carry, run_chunk(fn, chunk, shared, formulation, chunk_fn)),
-        None, chunks)
-    return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
-
-  return mapped
-
-
-def update_chunk(fn, models_per_chunk, num_per_model=1, formulation='unrolled', chunk_fn=None):
-  """The body of a host loop over chunks: ``(outputs, chunk, *args) -> outputs``.
-
-  ``num_per_model`` counts the stacked arguments after ``outputs``.
-
-  Runs ``fn(per_model_args, *shared)`` on models ``[chunk * c, (chunk + 1) * c)``
-  of the stacked arguments and writes the results into that slice of
-  ``outputs`` (a pytree stacked like ``fn``'s result; donate it to update in
-  place). ``fn`` sees the chunk's current outputs as its first per-model
-  argument, so a state can be updated where it lies.
-  """
-  c = models_per_chunk
-
-  def body(outputs, chunk, *per_model_and_shared):
-    per_model, shared = per_model_and_shared[:num_per_model], per_model_and_shared[num_per_model:]
-    start = chunk * c
-    take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)
-    out = run_chunk(fn, jax.tree.map(take, (outputs,) + tuple(per_model)), shared, formulation,
-                    chunk_fn)
-    put = lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o.astype(buf.dtype), start, 0)
-    return jax.tree.map(put, outputs, out)
-
-  return body
 
 
 class Ensemble:
@@ -202,7 +66,7 @@ class Ensemble:
 
   def __init__(self, config, num_train, mesh=None, memory_bytes=None):
     self.config = config
-    self.mesh = make_mesh() if mesh is None else mesh
+    self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
     self.num_models = config.num_models
     num_devices = self.mesh.devices.size
     if self.num_models % num_devices:
@@ -216,11 +80,9 @@ class Ensemble:
     if memory_bytes is None:
       memory_bytes = memory_plan.device_memory_bytes(self.mesh.devices.flat[0])
     self.memory_bytes = memory_bytes
-    if config.ensemble.compute_dtype not in tuple(COMPUTE_DTYPES) + ('auto',):
-      raise config_check.ConfigError(f'ensemble.compute_dtype must be one of '
-                                     f"{tuple(COMPUTE_DTYPES) + ('auto',)}, got "
-                                     f'{config.ensemble.compute_dtype!r}.')
-    self.compute_dtype = resolve_compute_dtype(config.ensemble.compute_dtype, platform)
+    options.check_choice('ensemble.compute_dtype', config.ensemble.compute_dtype,
+                         tuple(options.COMPUTE_DTYPES) + ('auto',))
+    self.compute_dtype = options.resolve_compute_dtype(config.ensemble.compute_dtype, platform)
     dtype_bytes = 2 if self.compute_dtype == 'bfloat16' else 4
     # The rough formula's choice; on accelerators only the first guess.
     self.formula_models_per_chunk = memory_plan.default_models_per_chunk(
@@ -233,31 +95,26 @@ class Ensemble:
       raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
                                      f'{per_device} models per device.')
     self.models_per_chunk = chunk
-    if config.ensemble.formulation not in FORMULATIONS:
-      raise config_check.ConfigError(f'ensemble.formulation must be one of {FORMULATIONS}, '
-                                     f'got {config.ensemble.formulation!r}.')
-    self.formulation = resolve_formulation(config.ensemble.formulation, platform)
-    if config.ensemble.chunk_loop not in CHUNK_LOOPS:
-      raise config_check.ConfigError(f'ensemble.chunk_loop must be one of {CHUNK_LOOPS}, '
-                                     f'got {config.ensemble.chunk_loop!r}.')
-    self.chunk_loop = resolve_chunk_loop(config.ensemble.chunk_loop, platform)
-    dtype = COMPUTE_DTYPES[self.compute_dtype]
+    options.check_choice('ensemble.formulation', config.ensemble.formulation,
+                         options.FORMULATIONS)
+    self.formulation = options.resolve_formulation(config.ensemble.formulation, platform)
+    options.check_choice('ensemble.chunk_loop', config.ensemble.chunk_loop, options.CHUNK_LOOPS)
+    self.chunk_loop = options.resolve_chunk_loop(config.ensemble.chunk_loop, platform)
+    dtype = options.COMPUTE_DTYPES[self.compute_dtype]
     self.vary = tuple(config.randomness.vary)
     unknown = set(self.vary) - set(PURPOSES)
     if unknown:
       raise config_check.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
                        f'choose from {PURPOSES}.')
     self.seed = config.seed
-    if config.ensemble.conv_weight_grad not in CONV_WEIGHT_GRADS:
-      raise config_check.ConfigError(f'ensemble.conv_weight_grad must be one of '
-                                     f'{CONV_WEIGHT_GRADS}, got '
-                                     f'{config.ensemble.conv_weight_grad!r}.')
+    options.check_choice('ensemble.conv_weight_grad', config.ensemble.conv_weight_grad,
+                         options.CONV_WEIGHT_GRADS)
     if config.ensemble.conv_grad_slice < 1:
       raise config_check.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
                                      f'{config.ensemble.conv_grad_slice}.')
     self.model = airbench.from_config(
         config.model, dtype,
-        resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
+        options.resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
         config.ensemble.conv_grad_slice,
         config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
         num_classes=data_lib.num_classes(config.data))
@@ -299,7 +156,7 @@ class Ensemble:
   def _place(self):
     """The model ids and hyperparameters on the devices (placed once, on first use)."""
     if self._placed is None:
-      shard = model_sharding(self.mesh)
+      shard = mesh_lib.model_sharding(self.mesh)
       self._placed = (jax.device_put(self.model_ids, shard),
                       jax.device_put(self.model_hparams, shard))
     return self._placed
@@ -313,19 +170,14 @@ class Ensemble:
     return self._place()[1]
 
   def _sharded(self, fn, num_per_model, num_shared, chunk_fn=None):
-    """shard_map(map_models(fn)): per-model args first (sharded), then shared ones."""
-    mapped = map_models(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
-    specs = (P(MODELS),) * num_per_model + (P(),) * num_shared
-    return jax.shard_map(mapped, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
-                         check_vma=False)
+    """``chunk_loop.shard_map_models`` of ``fn`` over this ensemble's mesh and chunks."""
+    return chunk_loop_lib.shard_map_models(fn, self.mesh, self.models_per_chunk, num_per_model,
+                                           num_shared, self.formulation, chunk_fn)
 
   def _sharded_chunk(self, fn, num_per_model, num_shared, chunk_fn=None):
-    """shard_map(update_chunk(fn)), jitted with the outputs donated."""
-    body = update_chunk(fn, self.models_per_chunk, num_per_model, self.formulation, chunk_fn)
-    specs = (P(MODELS), P()) + (P(MODELS),) * num_per_model + (P(),) * num_shared
-    sharded = jax.shard_map(body, mesh=self.mesh, in_specs=specs, out_specs=P(MODELS),
-                            check_vma=False)
-    return jax.jit(sharded, donate_argnums=0)
+    """``chunk_loop.jit_chunk_update`` of ``fn`` over this ensemble's mesh and chunks."""
+    return chunk_loop_lib.jit_chunk_update(fn, self.mesh, self.models_per_chunk, num_per_model,
+                                           num_shared, self.formulation, chunk_fn)
 
   @property
   def num_chunks(self):
@@ -421,20 +273,8 @@ class Ensemble:
     else:
       chunk_fn = self._sharded_chunk(lambda per_model, *shared: fn(per_model[1:], *shared),
                                      num_per_model, num_shared)
-      shapes = {}
-
-      def one_model(*args):
-        first = jax.tree.map(lambda x: x[0], args[:num_per_model])
-        return fn(tuple(first), *args[num_per_model:])
-
-      def run(*args):
-        signature = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
-        if signature not in shapes:  # trace once per input shape, not per call
-          shapes[signature] = jax.eval_shape(one_model, *args)
-        outputs = jax.tree.map(lambda s: self.zeros(s.shape, s.dtype), shapes[signature])
-        for chunk in range(self.num_chunks):
-          outputs = chunk_fn(outputs, jnp.int32(chunk), *args)
-        return outputs
+      # _build drops this cache whenever models_per_chunk (so num_chunks) changes.
+      run = chunk_loop_lib.host_loop(fn, chunk_fn, num_per_model, self.num_chunks, self.zeros)
 
     self._compiled[name] = run
     return run
@@ -445,12 +285,12 @@ class Ensemble:
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""
-    kernel = jax.device_put(jnp.asarray(whiten_kernel), replicated(self.mesh))
+    kernel = jax.device_put(jnp.asarray(whiten_kernel), mesh_lib.replicated(self.mesh))
     state = self._init(self.ids, self.hparams, kernel)
     if self.num_probes:  # checkpointed and resumed with the rest of the state
       num_models, num_probes = self.num_models, self.num_probes
       records = jax.jit(lambda: jax.vmap(lambda _: difficulty_lib.init_dynamics(num_probes))(
-          jnp.arange(num_models)), out_shardings=model_sharding(self.mesh))
+          jnp.arange(num_models)), out_shardings=mesh_lib.model_sharding(self.mesh))
       state['dynamics'] = records()
     return state
 
@@ -464,7 +304,7 @@ class Ensemble:
     if key not in self._zeros:  # one compiled fill per shape: no host copy per step
       full = (self.num_models,) + key[0]
       self._zeros[key] = jax.jit(lambda: jnp.zeros(full, key[1]),
-                                 out_shardings=model_sharding(self.mesh))
+                                 out_shardings=mesh_lib.model_sharding(self.mesh))
     return self._zeros[key]()
 
   def train_step(self, state, orders, images, labels, step):

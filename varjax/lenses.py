@@ -26,8 +26,8 @@ import numpy as np
 from absl import logging
 
 from varjax import alignment as alignment_lib
-from varjax import ensemble as ensemble_lib
 from varjax import label_noise as label_noise_lib
+from varjax import mesh as mesh_lib
 from varjax import sharpness as sharpness_lib
 from varjax import analysis
 from varjax import step as step_lib
@@ -107,7 +107,7 @@ def random_vectors(ens, state, kind):
   one = lambda model_id, index: sharpness_lib.random_like(
       sharpness_lib.vector_key(seed, model_id, index), shapes, kind)
   draw = jax.jit(jax.vmap(one, in_axes=(0, None)),
-                 out_shardings=ensemble_lib.model_sharding(ens.mesh))
+                 out_shardings=mesh_lib.model_sharding(ens.mesh))
   return lambda index: draw(ens.ids, jnp.int32(index))
 
 

@@ -19,6 +19,7 @@ import time
 from varjax import ensemble as ensemble_lib
 from varjax import hlo_stats
 from varjax import memory_plan
+from varjax import mesh as mesh_lib
 from varjax import programs
 from varjax import targets
 
@@ -39,7 +40,7 @@ def dataset_sizes(data_config):
 def build(config, target_name):
   """The target and the Ensemble of ``config`` over its compile-only devices."""
   target = targets.get(target_name)
-  mesh = ensemble_lib.make_mesh(targets.devices(target_name))
+  mesh = mesh_lib.make_mesh(targets.devices(target_name))
   num_train, _ = dataset_sizes(config.data)
   return target, ensemble_lib.Ensemble(config, num_train, mesh, memory_bytes=target.memory_bytes)
 

@@ -12,25 +12,24 @@ Example:
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from varjax import difficulty as difficulty_lib
+from varjax import mesh as mesh_lib
 
 PROGRAMS = ('init', 'train_step', 'eval_outputs', 'analysis_update')
 # The step after the whitening bias froze (no gradient through that layer);
 # varjax.plan compiles it alongside 'train_step' for the run's bound.
 TRAIN_STEPS = ('train_step', 'train_step_frozen')
 ALL_PROGRAMS = PROGRAMS + TRAIN_STEPS[1:]
-MODELS = 'models'
 
 
 def _models_axis(ens, shapes):
-  shard = NamedSharding(ens.mesh, P(MODELS))
+  shard = mesh_lib.model_sharding(ens.mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shard), shapes)
 
 
 def _shared(ens, shape, dtype):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(ens.mesh, P()))
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=mesh_lib.replicated(ens.mesh))
 
 
 def abstract_state(ens):

@@ -29,6 +29,7 @@ from varjax import config_check
 from varjax import data as data_lib
 from varjax import ensemble as ensemble_lib
 from varjax import lenses as lenses_lib
+from varjax import mesh as mesh_lib
 from varjax import progress as progress_lib
 from varjax import sweep
 from varjax import writers
@@ -108,7 +109,7 @@ def rewritten_on_resume(record, done, total_steps):
 
 def host_gatherer(mesh):
   """Returns to_host(tree) -> NumPy: gathers arrays sharded over all processes' devices."""
-  gather = jax.jit(lambda tree: tree, out_shardings=ensemble_lib.replicated(mesh))
+  gather = jax.jit(lambda tree: tree, out_shardings=mesh_lib.replicated(mesh))
   return lambda tree: jax.tree.map(np.asarray, gather(tree))
 
 
@@ -130,7 +131,7 @@ def make_evaluator(ens, num_examples, num_classes, batch_size, analysis_config,
     return x, y, start + jnp.arange(size, dtype=jnp.int32)
 
   take = jax.jit(take, static_argnums=3)
-  replicated = ensemble_lib.replicated(ens.mesh)
+  replicated = mesh_lib.replicated(ens.mesh)
   finalize = jax.jit(analysis.finalize, out_shardings=replicated)
 
   def evaluate(state, images, labels):
@@ -182,7 +183,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
                ens.mesh.devices.size, jax.default_backend(), ens.models_per_chunk, num_train,
                num_test, dataset.test_name, plan.total_steps, plan.batch_size)
 
-  replicated = ensemble_lib.replicated(ens.mesh)
+  replicated = mesh_lib.replicated(ens.mesh)
   to_host = host_gatherer(ens.mesh)
   train_images = jax.device_put(dataset.train_images, replicated)
   train_labels = jax.device_put(dataset.train_labels, replicated)

@@ -1,0 +1,45 @@
+"""The ensemble options: 'auto' per platform, explicit values kept, and bad values named."""
+
+import pytest
+
+from varjax import config_check
+from varjax import ensemble_options as options
+
+from conftest import tiny_config
+
+PLATFORMS = ('cpu', 'gpu', 'tpu')
+# What 'auto' picks on cpu, gpu, tpu (BENCHMARKS.md gives the measurements).
+AUTO = {options.resolve_compute_dtype: ('float32', 'bfloat16', 'bfloat16'),
+        options.resolve_formulation: ('unrolled', 'grad_of_sum', 'vmap'),
+        options.resolve_chunk_loop: ('host', 'scan', 'scan'),
+        options.resolve_conv_weight_grad: ('sliced', 'xla', 'xla')}
+CHOICES = {options.resolve_compute_dtype: tuple(options.COMPUTE_DTYPES),
+           options.resolve_formulation: options.FORMULATIONS[1:],
+           options.resolve_chunk_loop: options.CHUNK_LOOPS[1:],
+           options.resolve_conv_weight_grad: options.CONV_WEIGHT_GRADS[1:]}
+
+
+@pytest.mark.parametrize('resolve', list(AUTO), ids=lambda f: f.__name__)
+def test_auto_resolves_per_platform_and_explicit_values_pass_through(resolve):
+  assert tuple(resolve('auto', p) for p in PLATFORMS) == AUTO[resolve]
+  for value in CHOICES[resolve]:
+    assert {resolve(value, p) for p in PLATFORMS} == {value}
+
+
+def test_check_choice_names_the_key_and_the_bad_value():
+  options.check_choice('ensemble.chunk_loop', 'scan', options.CHUNK_LOOPS)
+  with pytest.raises(config_check.ConfigError,
+                     match=r"^ensemble.chunk_loop must be one of \('auto', 'scan', 'host'\), "
+                           r"got 'loop'\.$"):
+    options.check_choice('ensemble.chunk_loop', 'loop', options.CHUNK_LOOPS)
+
+
+@pytest.mark.parametrize('key, choices', [
+    ('formulation', options.FORMULATIONS), ('chunk_loop', options.CHUNK_LOOPS),
+    ('conv_weight_grad', options.CONV_WEIGHT_GRADS),
+    ('compute_dtype', tuple(options.COMPUTE_DTYPES) + ('auto',))])
+def test_config_check_accepts_exactly_these_choices(key, choices):
+  for value in choices:
+    config_check.check(tiny_config(**{f'ensemble.{key}': value}))
+  with pytest.raises(config_check.ConfigError, match=f'ensemble.{key}'):
+    config_check.check(tiny_config(**{f'ensemble.{key}': 'none of them'}))

@@ -1,0 +1,64 @@
+"""The platform-dependent ``ensemble.*`` options: their choices and what 'auto' picks.
+
+Each ``resolve_*`` maps a config value and a platform ('cpu', 'gpu', 'tpu')
+to the concrete choice; anything but 'auto' passes through. The reasons for
+each default are measured in BENCHMARKS.md.
+
+Example:
+  >>> resolve_formulation('auto', 'gpu')
+  'grad_of_sum'
+  >>> resolve_compute_dtype('float32', 'tpu')
+  'float32'
+"""
+
+import jax.numpy as jnp
+
+from varjax import config_check
+
+FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+CHUNK_LOOPS = ('auto', 'scan', 'host')
+CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
+
+
+def check_choice(key, value, choices):
+  """Raises ConfigError unless ``value`` (of config key ``key``) is one of ``choices``."""
+  if value not in choices:
+    raise config_check.ConfigError(f'{key} must be one of {choices}, got {value!r}.')
+
+
+def resolve_compute_dtype(compute_dtype, platform):
+  """'auto': float32 on CPU, bfloat16 on accelerators (half the compiled step's
+  memory and traffic of float32 on H100 and v5e; BENCHMARKS.md)."""
+  if compute_dtype == 'auto':
+    return 'float32' if platform == 'cpu' else 'bfloat16'
+  return compute_dtype
+
+
+def resolve_formulation(formulation, platform):
+  """'auto': what the compilers' output favours (BENCHMARKS.md, "Formulations").
+
+  CPU: unrolled (vmap's grouped convs are ~40x slower on XLA:CPU). GPU:
+  grad_of_sum (cuDNN backward-filter kernels where vmap makes map-sized forward
+  windows; the least memory and traffic of the three). TPU: vmap (the least
+  traffic; the same memory as grad_of_sum; unrolled compiles ~4x longer).
+  """
+  if formulation == 'auto':
+    return {'cpu': 'unrolled', 'gpu': 'grad_of_sum'}.get(platform, 'vmap')
+  return formulation
+
+
+def resolve_chunk_loop(chunk_loop, platform):
+  """'auto': 'host' on CPU (XLA:CPU runs convolutions inside a while loop up to
+  ~10x slower, measured), 'scan' elsewhere (one dispatch per step)."""
+  if chunk_loop == 'auto':
+    return 'host' if platform == 'cpu' else 'scan'
+  return chunk_loop
+
+
+def resolve_conv_weight_grad(conv_weight_grad, platform):
+  """'auto': 'sliced' on CPU (XLA:CPU's kernel gradient slows superlinearly with the
+  batch; models/conv.py), XLA's own elsewhere."""
+  if conv_weight_grad == 'auto':
+    return 'sliced' if platform == 'cpu' else 'xla'
+  return conv_weight_grad
