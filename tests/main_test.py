@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from varjax import report
+from varjax import report_plots
 from varjax import train
 
 from conftest import CIFAR10_BINARY, REPO, needs_shared_data
@@ -229,5 +230,5 @@ def test_extra_test_set_is_analysed_like_the_main_one(finished_run):
   paths = report.write_report(str(workdir))
   text = (workdir / 'report.md').read_text()
   assert '## Distribution shift: shifted (128 images)' in text and '## Example difficulty' in text
-  for name in report.DIFFICULTY_PLOTS:
+  for name in report_plots.DIFFICULTY_PLOTS:
     assert str(workdir / name) in paths and (workdir / name).stat().st_size > 0

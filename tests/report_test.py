@@ -10,6 +10,7 @@ import pytest
 
 from varjax import report
 from varjax import report_lenses
+from varjax import report_plots
 
 from conftest import needs_shared_data
 from main_test import run_main
@@ -42,7 +43,7 @@ def test_report_writes_every_file_with_one_row_per_group(lr_sweep_run):
   paths = report.write_report(str(lr_sweep_run))
   names = sorted(p.rsplit('/', 1)[1] for p in paths)
   # Margin quantiles are always measured; depth and forgetting were not asked for.
-  plots = [*report.PLOTS, report.ENSEMBLE_PLOT, 'margin_quantiles_vs_accuracy.png']
+  plots = [*report_plots.PLOTS, report_plots.ENSEMBLE_PLOT, 'margin_quantiles_vs_accuracy.png']
   assert names == sorted(['report.md', 'report.csv', *plots])
   for name in plots:
     assert (lr_sweep_run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
