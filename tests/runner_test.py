@@ -8,7 +8,7 @@ import numpy as np
 from varjax import config_check
 from varjax import runner
 from varjax import step as step_lib
-from varjax import train
+from varjax import summary as summary_lib
 
 from conftest import REPO
 
@@ -27,8 +27,8 @@ def fake_train(calls):
                'num_models': 2, 'models': models,
                'groups': [{'group': 0, 'name': 'all models', 'values': {},
                            'mean_accuracy': 0.505 + 0.1 * e}]}
-    train.write_json_atomic(os.path.join(workdir, train.SUMMARY_FILE), summary)
-    np.savez(os.path.join(workdir, train.PER_EXAMPLE_FILE), labels=np.arange(4),
+    summary_lib.write_json_atomic(os.path.join(workdir, summary_lib.SUMMARY_FILE), summary)
+    np.savez(os.path.join(workdir, summary_lib.PER_EXAMPLE_FILE), labels=np.arange(4),
              example_accuracy=np.full((1, 4), e), vote_counts=np.zeros((1, 4, 10)))
 
   return train_fn

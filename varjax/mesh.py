@@ -3,9 +3,9 @@
 Every per-model array has a leading models axis split over all devices
 (``model_sharding``); data and analysis state are replicated (``replicated``).
 
-Example:
+Example (two models per device):
   >>> mesh = make_mesh(jax.devices()[:2])                             # doctest: +SKIP
-  >>> ids = jax.device_put(np.arange(4), model_sharding(mesh))        # 2 models per device
+  >>> ids = jax.device_put(np.arange(4), model_sharding(mesh))        # doctest: +SKIP
 """
 
 import jax

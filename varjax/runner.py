@@ -23,6 +23,7 @@ from absl import logging
 from varjax import checkpoint
 from varjax import cli
 from varjax import config_files
+from varjax import summary as summary_lib
 from varjax import train
 
 
@@ -44,7 +45,7 @@ def run_points(points, workdir, train_fn=train.train_and_evaluate):
   trained = []
   for i, point in enumerate(points):
     sub = os.path.join(workdir, point['name'])
-    if os.path.exists(os.path.join(sub, train.SUMMARY_FILE)):
+    if os.path.exists(os.path.join(sub, summary_lib.SUMMARY_FILE)):
       logging.info('point %d/%d %s: finished, skipped', i + 1, len(points), point['name'])
       continue
     logging.info('point %d/%d %s: training into %s', i + 1, len(points), point['name'], sub)
@@ -59,7 +60,7 @@ MERGED_PER_GROUP_ARRAYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'dep
                            'cumulative_accuracy', 'probe_accuracy')
 
 
-# Settings that label the statistics (train.analysis_settings), taken from the first point.
+# Settings that label the statistics (summary.analysis_settings), taken from the first point.
 SHARED_SETTINGS = ('seeds_needed_deltas', 'seeds_needed_power', 'seeds_needed_alpha',
                    'ensemble_subsets', 'confidence_level', 'depth_probes', 'lenses')
 
@@ -70,7 +71,7 @@ def merge(points, workdir):
   first = None
   for point in points:
     sub = os.path.join(workdir, point['name'])
-    with open(os.path.join(sub, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(sub, summary_lib.SUMMARY_FILE)) as f:
       summary = json.load(f)
     first = first or summary
     offset = len(groups)
@@ -83,7 +84,7 @@ def merge(points, workdir):
       models.append({**m, 'group': offset + m['group'], 'point': point['name']})
     for g in summary.get('forgetting', {}).get('groups', []):
       forgetting.append({**g, 'group': offset + g['group']})
-    npz = os.path.join(sub, train.PER_EXAMPLE_FILE)
+    npz = os.path.join(sub, summary_lib.PER_EXAMPLE_FILE)
     if os.path.exists(npz):
       with np.load(npz) as data:
         for key in MERGED_PER_GROUP_ARRAYS:
@@ -100,13 +101,13 @@ def merge(points, workdir):
             **{k: first[k] for k in SHARED_SETTINGS if k in first}}
   if len(forgetting) == len(groups):
     merged['forgetting'] = {**first['forgetting'], 'groups': forgetting}
-  train.write_json_atomic(os.path.join(workdir, train.SUMMARY_FILE), merged)
+  summary_lib.write_json_atomic(os.path.join(workdir, summary_lib.SUMMARY_FILE), merged)
   if len(per_example.get('example_accuracy', [])) == len(points):
     arrays = {k: np.concatenate(v) for k, v in per_example.items()
               if k in MERGED_PER_GROUP_ARRAYS and len(v) == len(points)
               and len({a.shape[1:] for a in v}) == 1}
     extra = {k: per_example[k] for k in ('probe_labels',) if k in per_example}
-    np.savez_compressed(os.path.join(workdir, train.PER_EXAMPLE_FILE),
+    np.savez_compressed(os.path.join(workdir, summary_lib.PER_EXAMPLE_FILE),
                         labels=per_example['labels'], **extra, **arrays)
   return merged
 
