@@ -9,7 +9,7 @@ from conftest import REPO
 
 CONFIGS = {'airbench.py': ('', 'cpu', 'smoke'), 'lr_sweep.py': ('', 'cpu', 'smoke'),
            'binary.py': ('cpu', 'smoke'), 'label_noise.py': ('', 'cpu', 'smoke')}
-SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'smoke'),
+SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'converge_1k', 'smoke'),
           'randomness_sweep.py': ('cpu', 'smoke'), 'batch_sweep.py': ('cpu', 'smoke')}
 
 
