@@ -18,13 +18,12 @@ Example:
 import ml_collections
 from ml_collections import config_dict
 
+from varjax import config_files
+
 
 def get_config(arg=None):
   """Returns the config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
-  variant = arg or 'default'
-  if variant not in ('default', 'cpu', 'smoke'):
-    raise ValueError(f"Unknown variant {arg!r} of experiments/airbench.py; "
-                     "choose one of '', 'cpu', 'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, ('default', 'cpu', 'smoke'))
   c = ml_collections.ConfigDict()
   c.name = 'airbench94'
   c.variant = variant

@@ -36,10 +36,7 @@ SETTINGS = {  # variant: (batch sizes, the middle one, base epochs, seeds, train
 
 def get_sweep(arg=None):
   """Returns [{'name', 'values', 'config'}] for variant ``arg`` ('' | 'cpu' | 'smoke')."""
-  variant = arg or 'default'
-  if variant not in SETTINGS:
-    raise ValueError(f"Unknown variant {arg!r} of experiments/batch_sweep.py; "
-                     "choose one of '', 'cpu', 'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, tuple(SETTINGS))
   batches, middle, epochs, seeds, train_size = SETTINGS[variant]
 
   def config(batch, run_epochs):

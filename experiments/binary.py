@@ -23,10 +23,7 @@ CAT, DOG = 3, 5
 
 def get_config(arg=None):
   """Returns the config of variant ``arg`` ('cpu' | 'smoke')."""
-  variant = arg or 'cpu'
-  if variant not in ('cpu', 'smoke'):
-    raise ValueError(f"Unknown variant {arg!r} of experiments/binary.py; choose 'cpu' or "
-                     "'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, ('cpu', 'smoke'), default='cpu')
   c = config_files.sibling_config(__file__, 'airbench.py', variant)
   c.name = 'binary'
   c.variant = variant

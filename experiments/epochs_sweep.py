@@ -25,13 +25,10 @@ from varjax import config_files
 
 def get_sweep(arg=None):
   """Returns [{'name', 'values', 'config'}] for variant ``arg`` ('' | 'cpu' | 'converge' | 'converge_1k' | 'smoke')."""
-  variant = arg or 'default'
   epochs = {'default': (2.0, 4.0, 6.6, 9.9), 'cpu': (1.0, 2.0, 4.0),
             'converge': (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
             'converge_1k': (8.0, 32.0, 128.0), 'smoke': (1.0, 2.0)}
-  if variant not in epochs:
-    raise ValueError(f"Unknown variant {arg!r} of experiments/epochs_sweep.py; "
-                     f"choose one of {sorted(epochs)} ('' for the default).")
+  variant = config_files.pick_variant(__file__, arg, tuple(epochs))
   base = {'default': '', 'converge': 'cpu', 'converge_1k': 'cpu'}.get(variant, variant)
   points = []
   for e in epochs[variant]:

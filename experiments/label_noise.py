@@ -26,10 +26,7 @@ from varjax import config_files
 
 def get_config(arg=None):
   """Returns the label-noise config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
-  variant = arg or 'default'
-  if variant not in ('default', 'cpu', 'smoke'):
-    raise ValueError(f"Unknown variant {arg!r} of experiments/label_noise.py; "
-                     "choose one of '', 'cpu', 'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, ('default', 'cpu', 'smoke'))
   c = config_files.sibling_config(__file__, 'airbench.py',
                                  '' if variant == 'default' else variant)
   c.name = 'label_noise'

@@ -23,10 +23,7 @@ from varjax import config_files
 
 def get_config(arg=None):
   """Returns the sweep config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
-  variant = arg or 'default'
-  if variant not in ('default', 'cpu', 'smoke'):
-    raise ValueError(f"Unknown variant {arg!r} of experiments/lr_sweep.py; "
-                     "choose one of '', 'cpu', 'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, ('default', 'cpu', 'smoke'))
   c = config_files.sibling_config(__file__, 'airbench.py',
                                  '' if variant == 'default' else variant)
   c.name = 'lr_sweep'

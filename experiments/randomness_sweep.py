@@ -24,10 +24,7 @@ SOURCES = {'init': ('init',), 'order': ('order',), 'augment': ('augment',),
 
 def get_sweep(arg=None):
   """Returns [{'name', 'values', 'config'}] for variant ``arg`` ('cpu' | 'smoke')."""
-  variant = arg or 'cpu'
-  if variant not in ('cpu', 'smoke'):
-    raise ValueError(f"Unknown variant {arg!r} of experiments/randomness_sweep.py; choose "
-                     "'cpu' or 'smoke'.")
+  variant = config_files.pick_variant(__file__, arg, ('cpu', 'smoke'), default='cpu')
   names = tuple(SOURCES) if variant == 'cpu' else ('order', 'all')
   points = []
   for name in names:

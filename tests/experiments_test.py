@@ -10,7 +10,7 @@ from conftest import REPO
 CONFIGS = {'airbench.py': ('', 'cpu', 'smoke'), 'lr_sweep.py': ('', 'cpu', 'smoke'),
            'binary.py': ('cpu', 'smoke'), 'label_noise.py': ('', 'cpu', 'smoke')}
 SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'converge_1k', 'smoke'),
-          'randomness_sweep.py': ('cpu', 'smoke'), 'batch_sweep.py': ('cpu', 'smoke')}
+          'randomness_sweep.py': ('cpu', 'smoke'), 'batch_sweep.py': ('', 'cpu', 'smoke')}
 
 
 @pytest.mark.parametrize('name,variant', [(n, v) for n, vs in CONFIGS.items() for v in vs])
@@ -36,6 +36,14 @@ def test_randomness_sweep_varies_one_source_per_point():
   assert len({p['config'].train.epochs for p in points}) == 1  # one training length
 
 
-def test_unknown_variants_are_named():
-  with pytest.raises(ValueError, match='binary.py'):
-    config_files.load_config(f"{REPO / 'experiments' / 'binary.py'}:nope")
+@pytest.mark.parametrize('name', [*CONFIGS, *SWEEPS])
+def test_an_unknown_variant_is_one_line_naming_the_file_and_every_choice(name):
+  module = config_files.load_module(str(REPO / 'experiments' / name))
+  make = module.get_config if name in CONFIGS else module.get_sweep
+  with pytest.raises(ValueError) as error:
+    make('nope')
+  message = str(error.value)
+  assert '\n' not in message and f"'nope' of experiments/{name}" in message
+  known = (CONFIGS | SWEEPS)[name]
+  assert all(repr(v) in message for v in known if v)  # '' is the default's name
+  assert ("''" in message) == ('' in known)

@@ -29,3 +29,17 @@ def sibling_config(this_file, name, variant):
   """The config of experiment ``name`` beside ``this_file`` (for experiments built on others)."""
   path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
   return load_module(path).get_config(variant)
+
+
+def pick_variant(this_file, arg, choices, default='default'):
+  """The variant ``arg`` names (``default`` when empty), or a one-line error naming the choices.
+
+  >>> pick_variant('experiments/x.py', None, ('default', 'cpu'))
+  'default'
+  """
+  variant = arg or default
+  if variant not in choices:
+    named = ', '.join("''" if c == 'default' else repr(c) for c in choices)
+    raise ValueError(f'Unknown variant {arg!r} of experiments/{os.path.basename(this_file)}; '
+                     f'choose one of {named}.')
+  return variant
