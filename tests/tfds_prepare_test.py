@@ -14,13 +14,12 @@ import io
 import tarfile
 import threading
 
-import ml_collections
 import numpy as np
 import pytest
 
 from varjax import data
 
-from conftest import CIFAR10_BINARY, needs_shared_data
+from conftest import CIFAR10_BINARY, load_experiment, needs_shared_data
 
 tfds = pytest.importorskip('tensorflow_datasets')
 from tensorflow_datasets.core.download import checksums  # noqa: E402
@@ -71,10 +70,11 @@ def register(monkeypatch, builder_cls, urls_to_files):
 
 
 def tfds_config(tfds_dir, **kw):
-  c = ml_collections.ConfigDict(dict(source='auto', dir=str(tfds_dir), test_split='test',
-                                     holdout_size=10, train_size=None, verify_checksums=True,
-                                     classes=()))
-  c.update(kw)
+  # The experiment's own data section, so a new data key cannot be missing here.
+  c = load_experiment().data
+  c.unlock()
+  c.update(dict(source='auto', dir=str(tfds_dir), test_split='test', holdout_size=10,
+                train_size=None, verify_checksums=True, **kw))
   return c
 
 
