@@ -3,13 +3,12 @@
 import hashlib
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
 from varjax import data
 
-from conftest import CIFAR10_BINARY, needs_shared_data
+from conftest import CIFAR10_BINARY, load_experiment, needs_shared_data
 
 
 def encode_records(images, labels):
@@ -22,9 +21,10 @@ def encode_records(images, labels):
 
 
 def data_config(**kw):
-  c = ml_collections.ConfigDict(dict(source='cifar10_binary', dir=None, test_split='test',
-                                     holdout_size=10, train_size=None, verify_checksums=False,
-                                     classes=()))
+  c = load_experiment().data  # every data key the product reads, with its default
+  c.unlock()
+  c.update(dict(source='cifar10_binary', dir=None, test_split='test', holdout_size=10,
+                train_size=None, verify_checksums=False))
   c.update(kw)
   return c
 

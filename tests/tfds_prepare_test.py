@@ -74,7 +74,8 @@ def tfds_config(tfds_dir, **kw):
   c = load_experiment().data
   c.unlock()
   c.update(dict(source='auto', dir=str(tfds_dir), test_split='test', holdout_size=10,
-                train_size=None, verify_checksums=True, **kw))
+                train_size=None, verify_checksums=True))
+  c.update(kw)
   return c
 
 
