@@ -104,6 +104,7 @@ BAD = [
     ('ensemble.chunk_loop', ('loop',), "one of 'auto', 'scan', 'host'"),
     ('ensemble.conv_weight_grad', ('fast',), "one of 'auto', 'xla', 'sliced'"),
     ('ensemble.conv_grad_slice', ('0',), 'int >= 1'),
+    ('ensemble.cpu_conv_library', ('onednn',), "one of 'eigen', 'ynnpack'"),
     ('log.every_steps', ('-1',), 'int >= 0'),
     ('checkpoint.every_steps', ('-1',), 'int >= 0'),
     ('checkpoint.keep', ('0',), 'int >= 1'),

@@ -1,5 +1,6 @@
 """The ensemble options: 'auto' per platform, explicit values kept, and bad values named."""
 
+import jax
 import pytest
 
 from varjax import config_check
@@ -43,3 +44,20 @@ def test_config_check_accepts_exactly_these_choices(key, choices):
     config_check.check(tiny_config(**{f'ensemble.{key}': value}))
   with pytest.raises(config_check.ConfigError, match=f'ensemble.{key}'):
     config_check.check(tiny_config(**{f'ensemble.{key}': 'none of them'}))
+
+
+def test_cpu_conv_library_sets_the_step_programs_compiler_options_on_cpu_only():
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  # airbench's first 3x3 conv (YNNPACK leaves small ones to XLA anyway).
+  x, k = jax.numpy.ones((8, 31, 31, 24)), jax.numpy.ones((3, 3, 24, 16))
+
+  def ynn_fusions(compiler_options):  # the program is one convolution
+    text = jax.jit(conv, compiler_options=compiler_options).lower(x, k).compile().as_text()
+    return text.count('__ynn_fusion')
+
+  assert options.step_compiler_options('ynnpack', 'cpu') is None
+  assert {options.step_compiler_options('eigen', p) for p in ('gpu', 'tpu')} == {None}
+  # This jaxlib accepts the options, and they take the convolution away from YNNPACK.
+  assert ynn_fusions(options.step_compiler_options('eigen', 'cpu')) == 0
+  assert ynn_fusions(None) > 0

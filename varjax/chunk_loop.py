@@ -105,12 +105,13 @@ def shard_map_models(fn, mesh, models_per_chunk, num_per_model, num_shared,
 
 
 def jit_chunk_update(fn, mesh, models_per_chunk, num_per_model, num_shared,
-                     formulation='unrolled', chunk_fn=None):
-  """shard_map(update_chunk(fn)) over ``mesh``, jitted with the outputs donated."""
+                     formulation='unrolled', chunk_fn=None, compiler_options=None):
+  """shard_map(update_chunk(fn)) over ``mesh``, jitted with the outputs donated
+  (and XLA ``compiler_options``, if any)."""
   body = update_chunk(fn, models_per_chunk, num_per_model, formulation, chunk_fn)
   specs = (P(MODELS), P()) + (P(MODELS),) * num_per_model + (P(),) * num_shared
   sharded = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P(MODELS), check_vma=False)
-  return jax.jit(sharded, donate_argnums=0)
+  return jax.jit(sharded, donate_argnums=0, compiler_options=compiler_options)
 
 
 def host_loop(fn, chunk_update, num_per_model, num_chunks, zeros):

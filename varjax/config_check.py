@@ -42,7 +42,7 @@ lenses.alignment lenses.alignment_images lenses.alignment_components lenses.batc
 lenses.train_eval_size
 randomness.vary
 ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
-ensemble.conv_weight_grad ensemble.conv_grad_slice
+ensemble.conv_weight_grad ensemble.conv_grad_slice ensemble.cpu_conv_library
 log.every_steps
 checkpoint.every_steps checkpoint.keep checkpoint.async_save
 sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.label_noise
@@ -231,6 +231,7 @@ RULES = {
     'ensemble.chunk_loop': one_of('auto', 'scan', 'host'),
     'ensemble.conv_weight_grad': one_of('auto', 'xla', 'sliced'),
     'ensemble.conv_grad_slice': integer(1),
+    'ensemble.cpu_conv_library': one_of('eigen', 'ynnpack'),
     'log.every_steps': integer(0),
     'checkpoint.every_steps': integer(0),
     'checkpoint.keep': integer(1),

@@ -109,6 +109,10 @@ class Ensemble:
     self.seed = config.seed
     options.check_choice('ensemble.conv_weight_grad', config.ensemble.conv_weight_grad,
                          options.CONV_WEIGHT_GRADS)
+    options.check_choice('ensemble.cpu_conv_library', config.ensemble.cpu_conv_library,
+                         options.CPU_CONV_LIBRARIES)
+    self.step_compiler_options = options.step_compiler_options(
+        config.ensemble.cpu_conv_library, platform)
     if config.ensemble.conv_grad_slice < 1:
       raise config_check.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
                                      f'{config.ensemble.conv_grad_slice}.')
@@ -174,10 +178,11 @@ class Ensemble:
     return chunk_loop_lib.shard_map_models(fn, self.mesh, self.models_per_chunk, num_per_model,
                                            num_shared, self.formulation, chunk_fn)
 
-  def _sharded_chunk(self, fn, num_per_model, num_shared, chunk_fn=None):
+  def _sharded_chunk(self, fn, num_per_model, num_shared, chunk_fn=None, compiler_options=None):
     """``chunk_loop.jit_chunk_update`` of ``fn`` over this ensemble's mesh and chunks."""
     return chunk_loop_lib.jit_chunk_update(fn, self.mesh, self.models_per_chunk, num_per_model,
-                                           num_shared, self.formulation, chunk_fn)
+                                           num_shared, self.formulation, chunk_fn,
+                                           compiler_options)
 
   @property
   def num_chunks(self):
@@ -253,12 +258,14 @@ class Ensemble:
 
     if self.chunk_loop == 'scan':
       # The state (first argument) is donated: updated in place, no second copy.
-      return jax.jit(self._sharded(step_one, 4, 3, step_chunk), donate_argnums=0)
+      return jax.jit(self._sharded(step_one, 4, 3, step_chunk), donate_argnums=0,
+                     compiler_options=self.step_compiler_options)
     # outputs = (state, metrics); the state is read from the outputs slice.
     from_outputs = lambda per_model: (per_model[0][0],) + tuple(per_model[1:])
     return self._sharded_chunk(
         lambda per_model, *shared: step_one(from_outputs(per_model), *shared), 3, 3,
-        step_chunk and (lambda chunk, *shared: step_chunk(from_outputs(chunk), *shared)))
+        step_chunk and (lambda chunk, *shared: step_chunk(from_outputs(chunk), *shared)),
+        self.step_compiler_options)
 
   def _per_model(self, name, fn, num_per_model, num_shared):
     """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.

@@ -19,6 +19,9 @@ FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CHUNK_LOOPS = ('auto', 'scan', 'host')
 CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
+CPU_CONV_LIBRARIES = ('eigen', 'ynnpack')
+# jaxlib 0.10.2's YNNPACK default (dots, reductions, convolutions) less convolutions.
+_YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
 def check_choice(key, value, choices):
@@ -54,6 +57,22 @@ def resolve_chunk_loop(chunk_loop, platform):
   if chunk_loop == 'auto':
     return 'host' if platform == 'cpu' else 'scan'
   return chunk_loop
+
+
+def step_compiler_options(cpu_conv_library, platform):
+  """XLA compiler options of the training step programs (None: XLA's defaults).
+
+  On CPU, 'eigen' leaves the convolutions to XLA:CPU's own (Eigen) kernels instead
+  of YNNPACK's, which run each convolution on one thread: 1.11x the airbench94-width
+  step on 2 cores, the same at the `cpu` variant's widths (BENCHMARKS.md). Other
+  platforms ignore it.
+
+  >>> step_compiler_options('eigen', 'gpu') is None
+  True
+  """
+  if platform != 'cpu' or cpu_conv_library == 'ynnpack':
+    return None
+  return {'xla_cpu_experimental_ynn_fusion_type': _YNN_WITHOUT_CONVOLUTIONS}
 
 
 def resolve_conv_weight_grad(conv_weight_grad, platform):
