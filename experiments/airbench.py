@@ -191,7 +191,7 @@ def get_config(arg=None):
   c.ensemble.conv_weight_grad = 'auto'
   c.ensemble.conv_grad_slice = 16
   # Convolution kernels of the CPU training step: 'eigen' (XLA:CPU's own) or
-  # 'ynnpack' (jaxlib's default); eigen is 1.11x at airbench94 widths on 2 cores,
+  # 'ynnpack' (jaxlib's default); eigen is 1.09x at airbench94 widths on 2 cores,
   # the same at the cpu variant's. Ignored on accelerators.
   c.ensemble.cpu_conv_library = 'eigen'
 

@@ -61,3 +61,8 @@ def test_cpu_conv_library_sets_the_step_programs_compiler_options_on_cpu_only():
   # This jaxlib accepts the options, and they take the convolution away from YNNPACK.
   assert ynn_fusions(options.step_compiler_options('eigen', 'cpu')) == 0
   assert ynn_fusions(None) > 0
+
+
+def test_options_this_xla_rejects_are_detected():
+  assert options._cpu_compiler_accepts((('xla_cpu_enable_fast_math', False),))
+  assert not options._cpu_compiler_accepts((('xla_cpu_no_such_option', 'true'),))

@@ -11,7 +11,12 @@ Example:
   'float32'
 """
 
+import functools
+
+from absl import logging
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from varjax import config_check
 
@@ -63,16 +68,33 @@ def step_compiler_options(cpu_conv_library, platform):
   """XLA compiler options of the training step programs (None: XLA's defaults).
 
   On CPU, 'eigen' leaves the convolutions to XLA:CPU's own (Eigen) kernels instead
-  of YNNPACK's, which run each convolution on one thread: 1.11x the airbench94-width
+  of YNNPACK's, which run each convolution on one thread: 1.09x the airbench94-width
   step on 2 cores, the same at the `cpu` variant's widths (BENCHMARKS.md). Other
-  platforms ignore it.
+  platforms ignore it, and so does a jaxlib whose XLA has no such option (then
+  its defaults run, with a log line).
 
   >>> step_compiler_options('eigen', 'gpu') is None
   True
   """
   if platform != 'cpu' or cpu_conv_library == 'ynnpack':
     return None
-  return {'xla_cpu_experimental_ynn_fusion_type': _YNN_WITHOUT_CONVOLUTIONS}
+  options = {'xla_cpu_experimental_ynn_fusion_type': _YNN_WITHOUT_CONVOLUTIONS}
+  if not _cpu_compiler_accepts(tuple(options.items())):
+    logging.warning('This jaxlib rejects the XLA:CPU options %s; its default convolution '
+                    'kernels run instead.', options)
+    return None
+  return options
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_compiler_accepts(items):
+  """Whether XLA:CPU compiles a trivial program with these compiler options."""
+  x = jax.device_put(np.float32(0), jax.devices('cpu')[0])
+  try:
+    jax.jit(lambda v: v + 1, compiler_options=dict(items)).lower(x).compile()
+  except Exception:  # pylint: disable=broad-except  # XLA raises its own error types
+    return False
+  return True
 
 
 def resolve_conv_weight_grad(conv_weight_grad, platform):
