@@ -38,6 +38,7 @@ def test_check_choice_names_the_key_and_the_bad_value():
 @pytest.mark.parametrize('key, choices', [
     ('formulation', options.FORMULATIONS), ('chunk_loop', options.CHUNK_LOOPS),
     ('conv_weight_grad', options.CONV_WEIGHT_GRADS),
+    ('cpu_conv_library', options.CPU_CONV_LIBRARIES),
     ('compute_dtype', tuple(options.COMPUTE_DTYPES) + ('auto',))])
 def test_config_check_accepts_exactly_these_choices(key, choices):
   for value in choices:

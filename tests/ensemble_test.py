@@ -115,3 +115,18 @@ def test_model_key_depends_only_on_seed_purpose_and_id():
   assert not np.array_equal(k(0, 'init', 5, ('init',)), k(0, 'init', 6, ('init',)))
   assert not np.array_equal(k(0, 'init', 5, ('init',)), k(1, 'init', 5, ('init',)))
   np.testing.assert_array_equal(k(0, 'order', 5, ()), k(0, 'order', 6, ()))
+
+
+
+@pytest.mark.parametrize('chunk_loop', ['host', 'scan'])
+def test_step_programs_compile_with_the_step_compiler_options(monkeypatch, chunk_loop):
+  # An option XLA rejects must surface at the step's compile (init compiles fine):
+  # the step programs really receive what ensemble_options.step_compiler_options gives.
+  monkeypatch.setattr(ensemble.options, 'step_compiler_options',
+                      lambda library, platform: {'xla_cpu_no_such_option': True})
+  config = tiny_config(num_models=2, **{'ensemble.chunk_loop': chunk_loop})
+  ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
+  images, labels = random_images(NUM_TRAIN)
+  state = ens.init(airbench.whitening_kernel_for(images, config.model))
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    ens.train_step(state, ens.orders(0), images, labels, 0)
