@@ -2,12 +2,17 @@ r"""Times each 3x3 convolution of the airbench network, op by op, in XLA:CPU or 
 
   python benchmarks/conv_kernels.py --framework=jax   --widths=16,32,32 --batch=128
   PYTHON_WITH_TORCH benchmarks/conv_kernels.py --framework=torch --widths=16,32,32
+  python benchmarks/conv_kernels.py --framework=jax --kernel_grad_forms
 
 Prints one JSON line per convolution and pass: the forward, the input gradient and
 the kernel gradient of a 3x3 'SAME' conv (NHWC / channels-last, float32) at the
 shapes the network trains, best of ``--repeats`` timed calls in ms. Run under both
 frameworks, it separates what the convolution kernels cost from what the rest of
 the step does (BENCHMARKS.md, issue 15). Not part of varjax; needs only jax or torch.
+
+``--kernel_grad_forms`` (jax) also times the kernel gradient written as matmuls
+instead of XLA's autodiff of the convolution (``KERNEL_GRAD_FORMS``), each with
+its largest difference from XLA's result relative to that result's largest entry.
 """
 
 import argparse
@@ -57,6 +62,62 @@ def jax_ops(batch, size, c_in, c_out):
   return {name: (lambda f=f, a=args[name]: f(*a).block_until_ready()) for name, f in ops.items()}
 
 
+def _padded_taps(x):
+  """The nine shifted (batch, size, size, c_in) views of ``x`` a 3x3 'SAME' conv reads."""
+  import jax.numpy as jnp
+  size = x.shape[1]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return [xp[:, i:i + size, j:j + size] for i in range(3) for j in range(3)]
+
+
+def im2col_kernel_grad(x, dy):
+  """All nine taps concatenated into (B*H*W, 9*c_in) patches, then one matmul."""
+  import jax.numpy as jnp
+  c_in, c_out = x.shape[-1], dy.shape[-1]
+  patches = jnp.concatenate(_padded_taps(x), axis=-1).reshape(-1, 9 * c_in)
+  return (patches.T @ dy.reshape(-1, c_out)).reshape(3, 3, c_in, c_out)
+
+
+def shifted_matmuls_kernel_grad(x, dy):
+  """One (c_in, B*H*W) @ (B*H*W, c_out) matmul per tap."""
+  import jax.numpy as jnp
+  taps = [jnp.einsum('bhwc,bhwd->cd', tap, dy) for tap in _padded_taps(x)]
+  return jnp.stack(taps).reshape(3, 3, x.shape[-1], dy.shape[-1])
+
+
+def per_image_matmuls_kernel_grad(x, dy):
+  """Per tap, matmuls batched over the images, summed afterwards."""
+  import jax.numpy as jnp
+  taps = [jnp.einsum('bhwc,bhwd->bcd', tap, dy).sum(0) for tap in _padded_taps(x)]
+  return jnp.stack(taps).reshape(3, 3, x.shape[-1], dy.shape[-1])
+
+
+KERNEL_GRAD_FORMS = {
+    'im2col': im2col_kernel_grad,
+    'shifted_matmuls': shifted_matmuls_kernel_grad,
+    'per_image_matmuls': per_image_matmuls_kernel_grad,
+}
+
+
+def jax_kernel_grad_forms(batch, size, c_in, c_out):
+  """{form: (timed call, max relative difference from XLA's kernel gradient)}."""
+  import jax
+  jnp = jax.numpy
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, size, size, c_in)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(batch, size, size, c_out)), jnp.float32)
+  k = jnp.zeros((3, 3, c_in, c_out), jnp.float32)
+  conv = lambda w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  reference = np.asarray(jax.vjp(conv, k)[1](dy)[0])
+  out = {}
+  for name, form in KERNEL_GRAD_FORMS.items():
+    f = jax.jit(form)
+    diff = np.abs(np.asarray(f(x, dy)) - reference).max() / np.abs(reference).max()
+    out[name] = (lambda f=f: f(x, dy).block_until_ready(), float(diff))
+  return out
+
+
 def torch_ops(batch, size, c_in, c_out):
   import torch
   g = torch.Generator().manual_seed(0)
@@ -79,7 +140,11 @@ def main():
   parser.add_argument('--widths', default='16,32,32')
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--kernel_grad_forms', action='store_true',
+                      help='jax: also time the kernel gradient written as matmuls')
   args = parser.parse_args()
+  if args.kernel_grad_forms and args.framework != 'jax':
+    parser.error('--kernel_grad_forms times JAX formulations; use it with --framework=jax.')
   widths = tuple(int(w) for w in args.widths.split(','))
   make_ops = jax_ops if args.framework == 'jax' else torch_ops
   for name, size, c_in, c_out in conv_shapes(widths):
@@ -87,6 +152,12 @@ def main():
       print(json.dumps({'framework': args.framework, 'conv': name, 'op': op,
                         'shape': [args.batch, size, size, c_in, c_out],
                         'ms': round(best_ms(fn, args.repeats), 3)}), flush=True)
+    if args.kernel_grad_forms:
+      for form, (fn, diff) in jax_kernel_grad_forms(args.batch, size, c_in, c_out).items():
+        print(json.dumps({'framework': 'jax', 'conv': name, 'op': f'kernel_grad/{form}',
+                          'shape': [args.batch, size, size, c_in, c_out],
+                          'ms': round(best_ms(fn, args.repeats), 3),
+                          'max_rel_diff': float(f'{diff:.2g}')}), flush=True)
 
 
 if __name__ == '__main__':
