@@ -45,14 +45,25 @@ def best_ms(fn, repeats):
   return 1e3 * min(times)
 
 
+def _jax_operands(batch, size, c_in, c_out):
+  """Random float32 (x, kernel, dy) of one conv, NHWC / HWIO / NHWC."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.normal(size=(batch, size, size, c_in)), jnp.float32),
+          jnp.asarray(rng.normal(size=(3, 3, c_in, c_out)), jnp.float32),
+          jnp.asarray(rng.normal(size=(batch, size, size, c_out)), jnp.float32))
+
+
+def _jax_conv(x, k):
+  import jax
+  return jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def jax_ops(batch, size, c_in, c_out):
   import jax
-  rng = np.random.default_rng(0)
-  x = jax.numpy.asarray(rng.normal(size=(batch, size, size, c_in)), jax.numpy.float32)
-  dy = jax.numpy.asarray(rng.normal(size=(batch, size, size, c_out)), jax.numpy.float32)
-  k = jax.numpy.asarray(rng.normal(size=(3, 3, c_in, c_out)), jax.numpy.float32)
-  conv = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  x, k, dy = _jax_operands(batch, size, c_in, c_out)
+  conv = _jax_conv
   ops = {
       'forward': jax.jit(conv),
       'input_grad': jax.jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
@@ -102,14 +113,8 @@ KERNEL_GRAD_FORMS = {
 def jax_kernel_grad_forms(batch, size, c_in, c_out):
   """{form: (timed call, max relative difference from XLA's kernel gradient)}."""
   import jax
-  jnp = jax.numpy
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(batch, size, size, c_in)), jnp.float32)
-  dy = jnp.asarray(rng.normal(size=(batch, size, size, c_out)), jnp.float32)
-  k = jnp.zeros((3, 3, c_in, c_out), jnp.float32)
-  conv = lambda w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  reference = np.asarray(jax.vjp(conv, k)[1](dy)[0])
+  x, k, dy = _jax_operands(batch, size, c_in, c_out)
+  reference = np.asarray(jax.vjp(lambda w: _jax_conv(x, w), k)[1](dy)[0])
   out = {}
   for name, form in KERNEL_GRAD_FORMS.items():
     f = jax.jit(form)

@@ -61,6 +61,14 @@ def test_xla_kernel_grad_matches_numpy_and_forms_report_agreement():
     assert diff < 1e-5
 
 
+def test_a_wrong_form_is_reported_as_different(monkeypatch):
+  # The kernel's rows and columns swapped: the right numbers in the wrong taps.
+  swapped = lambda x, dy: conv_kernels.im2col_kernel_grad(x, dy).transpose(1, 0, 2, 3)
+  monkeypatch.setattr(conv_kernels, 'KERNEL_GRAD_FORMS', {'swapped': swapped})
+  (_, diff), = conv_kernels.jax_kernel_grad_forms(batch=2, size=4, c_in=3, c_out=5).values()
+  assert diff > 0.1
+
+
 def test_conv_shapes_are_the_networks():
   widths = (16, 32, 32)
   model = airbench.Airbench(widths=widths)
