@@ -35,6 +35,15 @@ def load_experiment(name='airbench', variant='smoke'):
   return config_files.load_config(f"{REPO / 'experiments' / name}.py:{variant}")
 
 
+def experiment_data_config(**overrides):
+  """The smoke experiment's data section with ``overrides``: every data key the product
+  reads is there with its default, so a new key cannot go missing in a test's config."""
+  c = load_experiment().data
+  c.unlock()
+  c.update(overrides)
+  return c
+
+
 def tiny_config(**overrides):
   """A smoke config shrunk further for unit tests; dotted keys override."""
   c = load_experiment('airbench', 'smoke')

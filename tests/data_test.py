@@ -8,7 +8,7 @@ import pytest
 
 from varjax import data
 
-from conftest import CIFAR10_BINARY, load_experiment, needs_shared_data
+from conftest import CIFAR10_BINARY, experiment_data_config, needs_shared_data
 
 
 def encode_records(images, labels):
@@ -21,12 +21,9 @@ def encode_records(images, labels):
 
 
 def data_config(**kw):
-  c = load_experiment().data  # every data key the product reads, with its default
-  c.unlock()
-  c.update(dict(source='cifar10_binary', dir=None, test_split='test', holdout_size=10,
-                train_size=None, verify_checksums=False))
-  c.update(kw)
-  return c
+  return experiment_data_config(**{**dict(source='cifar10_binary', dir=None, test_split='test',
+                                          holdout_size=10, train_size=None,
+                                          verify_checksums=False), **kw})
 
 
 def write_dir(path, per_file=6, with_test=True):

@@ -117,7 +117,6 @@ def test_model_key_depends_only_on_seed_purpose_and_id():
   np.testing.assert_array_equal(k(0, 'order', 5, ()), k(0, 'order', 6, ()))
 
 
-
 @pytest.mark.parametrize('chunk_loop', ['host', 'scan'])
 def test_step_programs_compile_with_the_step_compiler_options(monkeypatch, chunk_loop):
   # An option XLA rejects must surface at the step's compile (init compiles fine):

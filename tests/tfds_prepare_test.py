@@ -19,7 +19,7 @@ import pytest
 
 from varjax import data
 
-from conftest import CIFAR10_BINARY, load_experiment, needs_shared_data
+from conftest import CIFAR10_BINARY, experiment_data_config, needs_shared_data
 
 tfds = pytest.importorskip('tensorflow_datasets')
 from tensorflow_datasets.core.download import checksums  # noqa: E402
@@ -70,13 +70,9 @@ def register(monkeypatch, builder_cls, urls_to_files):
 
 
 def tfds_config(tfds_dir, **kw):
-  # The experiment's own data section, so a new data key cannot be missing here.
-  c = load_experiment().data
-  c.unlock()
-  c.update(dict(source='auto', dir=str(tfds_dir), test_split='test', holdout_size=10,
-                train_size=None, verify_checksums=True))
-  c.update(kw)
-  return c
+  return experiment_data_config(**{**dict(source='auto', dir=str(tfds_dir), test_split='test',
+                                          holdout_size=10, train_size=None,
+                                          verify_checksums=True), **kw})
 
 
 @pytest.fixture
