@@ -7,6 +7,7 @@ import pytest
 
 from varjax.models import airbench
 from varjax.models import conv
+from varjax import step as step_lib
 
 from conftest import CIFAR10_BINARY, needs_shared_data
 
@@ -46,9 +47,9 @@ def test_whitening_eps_damps_small_directions():
 
 @needs_shared_data
 def test_whitening_from_real_images_has_unit_scale():
-  from varjax import data
-  images, _ = data.read_cifar10_binary_file(str(CIFAR10_BINARY / 'data_batch_1.bin'))
-  kernel = airbench.whitening_kernel_for(images, airbench_config())
+  from varjax.data import cifar10
+  images, _ = cifar10.read_binary_file(str(CIFAR10_BINARY / 'data_batch_1.bin'))
+  kernel = step_lib.whitening_kernel_for(images, airbench_config())
   assert kernel.shape == (2, 2, 3, 24) and np.all(np.isfinite(kernel))
 
 

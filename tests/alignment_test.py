@@ -7,7 +7,7 @@ import pytest
 from scipy import special
 
 from varjax import alignment
-from varjax import augment
+from varjax.data import augment
 from varjax.analysis import alignment as measure
 from varjax.models import airbench
 from varjax.models import layers

@@ -4,13 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import augment
-from varjax import data
+from varjax.data import augment
 
 
 def test_normalize_matches_numpy():
   x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  want = (x / 255.0 - np.array(data.CIFAR10_MEAN)) / np.array(data.CIFAR10_STD)
+  want = (x / 255.0 - np.array(augment.MEAN)) / np.array(augment.STD)
   np.testing.assert_allclose(augment.normalize(x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -126,7 +125,7 @@ def test_train_batch_is_numpy_pad_crop_flip_normalize():
                                               epoch, 2))
     flips = np.asarray(augment.flip_mask(jax.random.fold_in(key, 0), jnp.asarray(idx), epoch,
                                          'alternating'))
-    floats = (images[idx] / 255.0 - np.array(data.CIFAR10_MEAN)) / np.array(data.CIFAR10_STD)
+    floats = (images[idx] / 255.0 - np.array(augment.MEAN)) / np.array(augment.STD)
     padded = np.pad(floats, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
     for n in range(10):
       a, b = offsets[n]

@@ -101,7 +101,7 @@ def train_models(num_models, first_model_id=0, **overrides):
   config = tiny_config(num_models=num_models, first_model_id=first_model_id, **overrides)
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
   images, labels = random_images(NUM_TRAIN)
-  state = ens.init(airbench.whitening_kernel_for(images, config.model))
+  state = ens.init(step_lib.whitening_kernel_for(images, config.model))
   for epoch, steps in ens.plan.epochs():
     orders = ens.orders(epoch)
     for s in steps:
@@ -126,7 +126,7 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
   # One compiled step program per mesh: the whitening bias trains throughout.
   config = tiny_config(num_models=8, **{'train.whiten_bias_epochs': 1.5})
   images, labels = random_images(NUM_TRAIN)
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
 
   def ensemble_on(num_devices):
     return ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:num_devices]))

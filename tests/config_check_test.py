@@ -91,7 +91,7 @@ BAD = [
     ('data.classes', ('(3,3)',), 'at least two distinct'),
     ('data.classes', ('(3,10)',), 'int in [0, 9]'),
     ('train.batch_size', ('2000', '--config.data.classes=(3,5)'),
-     'exceeds the at most 1024 training images of data.classes'),
+     'exceeds the 1024 training images'),
     ('difficulty.normalized_margin', ('x',), "cannot read 'x'"),
     ('difficulty.forgetting', ('x',), "cannot read 'x'"),
     ('difficulty.forgetting_probe_size', ('0',), 'int >= 1'),

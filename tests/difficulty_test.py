@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import augment
+from varjax.data import augment
 from varjax import difficulty
 from varjax import step as step_lib
 from varjax.models import airbench

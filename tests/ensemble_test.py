@@ -30,7 +30,7 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
   mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh)
   images, labels = random_images(NUM_TRAIN)
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
   state = ens.init(kernel)
   for epoch, steps in ens.plan.epochs():
     orders = ens.orders(epoch)
@@ -126,6 +126,6 @@ def test_step_programs_compile_with_the_step_compiler_options(monkeypatch, chunk
   config = tiny_config(num_models=2, **{'ensemble.chunk_loop': chunk_loop})
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
   images, labels = random_images(NUM_TRAIN)
-  state = ens.init(airbench.whitening_kernel_for(images, config.model))
+  state = ens.init(step_lib.whitening_kernel_for(images, config.model))
   with pytest.raises(Exception, match='xla_cpu_no_such_option'):
     ens.train_step(state, ens.orders(0), images, labels, 0)

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from varjax import config_check
-from varjax import label_noise
+from varjax.data import label_noise
 from varjax import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
@@ -68,7 +68,7 @@ def test_step_trains_on_the_corrupted_labels():
   clean_plan = step_lib.StepPlan.from_config(tiny_config(), num_train=32)
   model = airbench.Airbench(widths=(4, 8, 8))
   images, labels = random_images(32)
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
   state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
   order = jnp.arange(32, dtype=jnp.int32)

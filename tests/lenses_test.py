@@ -7,6 +7,7 @@ from varjax import analysis
 from varjax import ensemble
 from varjax import lenses
 from varjax import mesh as mesh_lib
+from varjax import step as step_lib
 from varjax.analysis import accumulate
 from varjax.models import airbench
 
@@ -28,7 +29,7 @@ def measured(num_models, first_model_id=0, models_per_chunk=1, **overrides):
   images, labels = random_images(NUM_TRAIN)
   # At init: the lens programs are what is tested (training's independence is
   # ensemble_test's), and skipping the step keeps the test to its compiles.
-  state = ens.init(airbench.whitening_kernel_for(images, config.model))
+  state = ens.init(step_lib.whitening_kernel_for(images, config.model))
   values, settings, arrays = lenses.measure(ens, state, jax.numpy.asarray(images),
                                             jax.numpy.asarray(labels), lambda t: jax.tree.map(
                                                 np.asarray, t))

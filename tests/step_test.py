@@ -61,7 +61,7 @@ def test_train_step_on_fake_data_learns_and_freezes_what_it_should():
   plan = step_lib.StepPlan.from_config(config, 64)
   model = airbench.from_config(config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
   state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
   step = jax.jit(step_lib.make_train_step(model, plan))
   key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
@@ -87,7 +87,7 @@ def test_step_without_whitening_gradient_equals_masking_the_bias_update():
   plan = step_lib.StepPlan.from_config(config, 64)
   model = airbench.from_config(config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
   state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
   key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
   s = plan.whiten_bias_steps  # the first frozen step
@@ -110,7 +110,7 @@ def test_grad_of_sum_step_equals_the_per_model_step():
   model = airbench.from_config(config.model)
   hparams = sweep.model_hparams(config, 2)
   hparams['label_smoothing'] = np.array([0.0, 0.3], np.float32)
-  kernel = airbench.whitening_kernel_for(images, config.model)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
   one = lambda k: jax.tree.map(lambda v: v[k], hparams)
   states = [step_lib.init_model_state(model, jax.random.key(k), kernel, one(k), plan)
             for k in range(2)]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from varjax import data
+from varjax.data import cifar10
 
 from conftest import CIFAR10_BINARY, experiment_data_config, needs_shared_data
 
@@ -92,18 +93,18 @@ def decode_reference(raw):
 
 @needs_shared_data
 def test_tfds_prepares_cifar10_offline(tmp_path, monkeypatch, offline):
-  train_raw = b''.join((CIFAR10_BINARY / f).read_bytes() for f in data.TRAIN_FILES)
+  train_raw = b''.join((CIFAR10_BINARY / f).read_bytes() for f in cifar10.TRAIN_FILES)
   # The real test_batch.bin is not offline: the test split here is the last 1,000
   # training records (only the training split is compared with the files).
-  test_raw = train_raw[-1000 * data.RECORD_BYTES:]
+  test_raw = train_raw[-1000 * cifar10.RECORD_BYTES:]
   served = tmp_path / 'served'
   served.mkdir()
   archive = served / 'cifar-10-binary.tar.gz'
   # Stored, not compressed: a valid .tar.gz that is quick to build and extract.
   with tarfile.open(archive, 'w:gz', compresslevel=0) as tar:  # the official layout
-    for name, content in [*[(f, (CIFAR10_BINARY / f).read_bytes()) for f in data.TRAIN_FILES],
-                          (data.TEST_FILE, test_raw),
-                          ('batches.meta.txt', '\n'.join(data.CIFAR10_CLASSES).encode())]:
+    for name, content in [*[(f, (CIFAR10_BINARY / f).read_bytes()) for f in cifar10.TRAIN_FILES],
+                          (cifar10.TEST_FILE, test_raw),
+                          ('batches.meta.txt', '\n'.join(cifar10.CLASSES).encode())]:
       info = tarfile.TarInfo(f'cifar-10-batches-bin/{name}')
       info.size = len(content)
       tar.addfile(info, io.BytesIO(content))

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from varjax import augment
+from varjax.data import augment
 
 HIGHEST = jax.lax.Precision.HIGHEST
 PATCH = 3  # the conv's kernel size

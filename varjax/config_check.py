@@ -19,6 +19,9 @@ from typing import Any, Callable, NamedTuple
 
 from ml_collections import ConfigDict
 
+from varjax.data import cifar10
+from varjax.data import sources
+
 KNOWN_KEYS = frozenset("""
 name variant seed num_models first_model_id overwrite
 data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
@@ -49,9 +52,6 @@ sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep
 sweep.seeds_per_point
 """.split())
 
-# CIFAR-10's training images (all sources); the holdout split takes its test set from them.
-CIFAR10_TRAIN_IMAGES = 50_000
-CIFAR10_TRAIN_PER_CLASS = 5_000
 INT32_MAX = 2**31 - 1
 
 # Common names from other codebases for keys varjax spells differently.
@@ -141,11 +141,6 @@ def _probe_places(v):
           and list(v) == [p for p in airbench.PROBE_PLACES if p in v])
 
 
-def _extra_test_set(spec):
-  kind, _, rest = spec.partition(':') if isinstance(spec, str) else ('', '', '')
-  return kind in ('tfds', 'binary') and bool(rest)
-
-
 POSITIVE = number(0, lo_open=True)
 FRACTION = number(0, 1)
 BELOW_ONE = number(0, 1, hi_open=True)
@@ -160,14 +155,14 @@ RULES = {
     'num_models': integer(1),
     'first_model_id': integer(0),
     'overwrite': boolean(),
-    'data.source': one_of('auto', 'cifar10_binary', 'tfds'),
+    'data.source': one_of(*sources.SOURCES),
     'data.dir': optional(text()),
-    'data.test_split': one_of('test', 'holdout'),
-    'data.holdout_size': integer(1, CIFAR10_TRAIN_IMAGES - 1),
-    'data.train_size': optional(integer(1, CIFAR10_TRAIN_IMAGES)),
+    'data.test_split': one_of(*cifar10.SPLITS),
+    'data.holdout_size': integer(1, cifar10.TRAIN_IMAGES - 1),
+    'data.train_size': optional(integer(1, cifar10.TRAIN_IMAGES)),
     'data.verify_checksums': boolean(),
     'data.extra_test_sets': sequence(Rule("'tfds:NAME[:SPLIT]' or 'binary:PATH'",
-                                          _extra_test_set)),
+                                          lambda v: sources.parse_extra_test_set(v) is not None)),
     'data.classes': Rule('() or a tuple of at least two distinct CIFAR-10 class ids, each an '
                          'int in [0, 9]', _classes),
     'model.widths': sequence(integer(1), length=3),
@@ -244,31 +239,17 @@ RULES = {
 }
 
 
-def _available_images(config):
-  """Training images before ``data.train_size``; with ``data.classes`` an upper bound."""
-  d = config.data
-  available = CIFAR10_TRAIN_IMAGES - (d.holdout_size if d.test_split == 'holdout' else 0)
-  if len(d.classes):
-    available = min(available, CIFAR10_TRAIN_PER_CLASS * len(d.classes))
-  return available
-
-
-def num_train_images(config):
-  """Training images a run of ``config`` gets (CIFAR-10 less the holdout, of
-  ``data.classes``, cut to ``data.train_size``); with classes an upper bound."""
-  available = _available_images(config)
-  train_size = config.data.train_size
-  return available if train_size is None else min(train_size, available)
-
-
 def _images(c, n):
-  return f'at most {n} training images of data.classes' if len(c.data.classes) else (
-      f'{n} training images')
+  d = c.data
+  # Of some classes, a holdout leaves an expected count (cifar10.split_sizes).
+  estimate = (len(d.classes) and d.test_split == 'holdout'
+              and n == cifar10.available_train_images(d))
+  return f"{n} training images{' (expected)' if estimate else ''}"
 
 
 def _data_size(c):
   d = c.data
-  available = _available_images(c)
+  available = cifar10.available_train_images(d)
   if d.train_size is not None and d.train_size > available:
     return (f'data.train_size={d.train_size} exceeds the {_images(c, available)} left after '
             f'the holdout (data.holdout_size={d.holdout_size}).')
@@ -276,7 +257,7 @@ def _data_size(c):
 
 
 def _batch_size(c):
-  n = num_train_images(c)
+  n = cifar10.split_sizes(c.data)[0]
   if c.train.batch_size > n:
     return (f'train.batch_size={c.train.batch_size} exceeds the {_images(c, n)} '
             '(data.train_size, data.holdout_size); lower it.')
@@ -285,7 +266,7 @@ def _batch_size(c):
 
 def _depth_k(c):
   d = c.difficulty
-  support = min(d.depth_support_size, num_train_images(c))
+  support = min(d.depth_support_size, cifar10.split_sizes(c.data)[0])
   if d.prediction_depth and d.depth_k > support:
     return (f'difficulty.depth_k={d.depth_k} exceeds the {support} support images '
             '(difficulty.depth_support_size, capped by the training set); lower it.')

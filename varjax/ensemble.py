@@ -29,10 +29,10 @@ import numpy as np
 from varjax import analysis
 from varjax import chunk_loop as chunk_loop_lib
 from varjax import config_check
-from varjax import data as data_lib
+from varjax.data import cifar10
 from varjax import difficulty as difficulty_lib
 from varjax import ensemble_options as options
-from varjax import label_noise
+from varjax.data import label_noise
 from varjax import memory_plan
 from varjax import mesh as mesh_lib
 from varjax import programs
@@ -121,7 +121,7 @@ class Ensemble:
         options.resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
         config.ensemble.conv_grad_slice,
         config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
-        num_classes=data_lib.num_classes(config.data))
+        num_classes=cifar10.num_classes(config.data))
     self.plan = step_lib.StepPlan.from_config(config, num_train)
     # Training examples [0, num_probes) are the forgetting probes (0: off).
     self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)

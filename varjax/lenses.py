@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from varjax import alignment as alignment_lib
-from varjax import label_noise as label_noise_lib
+from varjax.data import label_noise as label_noise_lib
 from varjax import mesh as mesh_lib
 from varjax import sharpness as sharpness_lib
 from varjax import analysis

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 from varjax import checkpoint
 from varjax import cli
 from varjax import config_check
-from varjax import data
+from varjax import errors
 from varjax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
@@ -31,7 +31,7 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors a user can fix; reported as one line and a non-zero exit, no traceback.
-USER_ERRORS = (config_check.ConfigError, data.DataError, train.WorkdirError,
+USER_ERRORS = (config_check.ConfigError, errors.DataError, train.WorkdirError,
                checkpoint.CheckpointError)
 
 

@@ -16,6 +16,7 @@ Example:
 import os
 import time
 
+from varjax import data
 from varjax import ensemble as ensemble_lib
 from varjax import hlo_stats
 from varjax import memory_plan
@@ -23,25 +24,11 @@ from varjax import mesh as mesh_lib
 from varjax import programs
 from varjax import targets
 
-CIFAR10_IMAGES = 50_000  # training images; the test split has 10,000
-CIFAR10_TEST = 10_000
-
-
-def dataset_sizes(data_config):
-  """(training images, evaluation images) the config's CIFAR-10 split gives, without data."""
-  num_train, num_test = CIFAR10_IMAGES, CIFAR10_TEST
-  if data_config.test_split == 'holdout':
-    num_train, num_test = CIFAR10_IMAGES - data_config.holdout_size, data_config.holdout_size
-  if data_config.train_size is not None:
-    num_train = min(num_train, data_config.train_size)
-  return num_train, num_test
-
-
 def build(config, target_name):
   """The target and the Ensemble of ``config`` over its compile-only devices."""
   target = targets.get(target_name)
   mesh = mesh_lib.make_mesh(targets.devices(target_name))
-  num_train, _ = dataset_sizes(config.data)
+  num_train, _ = data.split_sizes(config.data)
   return target, ensemble_lib.Ensemble(config, num_train, mesh, memory_bytes=target.memory_bytes)
 
 
@@ -108,7 +95,7 @@ def describe(target, ens, program, compiled, compile_s, frozen_roofline=None):
 def compile_programs(config, target_name, names=programs.PROGRAMS, hlo_dir=None):
   """Yields the record of every program ``names`` of ``config`` compiled for ``target_name``."""
   target, ens = build(config, target_name)
-  _, num_test = dataset_sizes(config.data)
+  _, num_test = data.split_sizes(config.data)
   for program in names:
     start = time.perf_counter()
     compiled = ens.compile(program, num_examples=num_test)

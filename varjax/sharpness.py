@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import augment
-from varjax import label_noise as label_noise_lib
+from varjax.data import augment
+from varjax.data import label_noise as label_noise_lib
 from varjax import step as step_lib
 
 FROZEN = ('whiten_kernel',)

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from varjax import augment
-from varjax import label_noise as label_noise_lib
+from varjax.data import augment
+from varjax.data import label_noise as label_noise_lib
 from varjax import optim
 from varjax.models import airbench
 
@@ -101,6 +101,13 @@ def smoothed_cross_entropy_sum(logits, labels, smoothing):
   k = logits.shape[-1]
   targets = optax.smooth_labels(jax.nn.one_hot(labels, k), smoothing)
   return optax.softmax_cross_entropy(logits, targets).sum()
+
+
+def whitening_kernel_for(train_images_u8, model_config):
+  """Whitening filters from the first ``whiten_num_images`` uint8 training images."""
+  images = augment.normalize_host(train_images_u8[:model_config.whiten_num_images])
+  return airbench.whitening_kernel(images, model_config.whiten_kernel_size,
+                                   model_config.whiten_eps)
 
 
 def init_model_state(model, init_key, whiten_kernel, hparams, plan):

@@ -27,6 +27,7 @@ from varjax.analysis import accumulate
 from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
+from varjax import step as step_lib
 from varjax import ensemble as ensemble_lib
 from varjax import lenses as lenses_lib
 from varjax import mesh as mesh_lib
@@ -172,7 +173,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   to_host = host_gatherer(ens.mesh)
   train_images = jax.device_put(dataset.train_images, replicated)
   train_labels = jax.device_put(dataset.train_labels, replicated)
-  state = ens.init(airbench.whitening_kernel_for(dataset.train_images, config.model))
+  state = ens.init(step_lib.whitening_kernel_for(dataset.train_images, config.model))
   probe_images, probe_labels = train_images[:ens.num_probes], train_labels[:ens.num_probes]
 
   zeros = lambda: {k: ens.zeros(()) for k in ('loss', 'accuracy')}

@@ -43,6 +43,7 @@ from varjax import cli
 from varjax import ensemble as ensemble_lib
 from varjax import train as train_lib
 from varjax.models import airbench
+from varjax import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _MODELS = flags.DEFINE_list('models', ['16', '128', '512'], 'Ensemble sizes.')
@@ -162,7 +163,7 @@ def main(argv):
   for num_models in map(int, _MODELS.value):
     config.num_models = num_models
     ens = ensemble_lib.Ensemble(config, num_train=1024)
-    kernel = airbench.whitening_kernel_for(np.asarray(rng.integers(
+    kernel = step_lib.whitening_kernel_for(np.asarray(rng.integers(
         0, 256, (256, 32, 32, 3), dtype=np.uint8)), config.model)
     state = ens.init(kernel)
     forward_s = timed(lambda: ens.logits(state, images), repeats)

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import data as data_lib
 from varjax.models import conv as conv_lib
 from varjax.models import layers
 
@@ -239,13 +238,6 @@ def whitening_kernel(images, kernel_size=2, eps=5e-4, chunk=500):
   filters = np.concatenate([filters, -filters], axis=1)
   kernel = filters.reshape(kernel_size, kernel_size, images.shape[-1], 2 * dim)
   return kernel.astype(np.float32)
-
-
-def whitening_kernel_for(train_images_u8, model_config):
-  """Whitening filters from the first ``whiten_num_images`` uint8 training images."""
-  images = train_images_u8[:model_config.whiten_num_images].astype(np.float64) / 255.0
-  images = (images - np.asarray(data_lib.CIFAR10_MEAN)) / np.asarray(data_lib.CIFAR10_STD)
-  return whitening_kernel(images, model_config.whiten_kernel_size, model_config.whiten_eps)
 
 
 def init_variables(model, key, whiten_kernel):

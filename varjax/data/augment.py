@@ -14,16 +14,24 @@ Example:
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from varjax import data as data_lib
+# airbench's normalisation, per channel, of [0, 1] pixels.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
 
 
 def normalize(images_u8, dtype=jnp.float32):
   """uint8 NHWC -> (x/255 - mean) / std, per channel."""
-  mean = jnp.asarray(data_lib.CIFAR10_MEAN, jnp.float32)
-  std = jnp.asarray(data_lib.CIFAR10_STD, jnp.float32)
+  mean = jnp.asarray(MEAN, jnp.float32)
+  std = jnp.asarray(STD, jnp.float32)
   x = (images_u8.astype(jnp.float32) / 255.0 - mean) / std
   return x.astype(dtype)
+
+
+def normalize_host(images_u8):
+  """``normalize`` in float64 NumPy, on the host (the whitening filters' input)."""
+  return (np.asarray(images_u8, np.float64) / 255.0 - np.asarray(MEAN)) / np.asarray(STD)
 
 
 def reflect_pad(x, pad):
