@@ -7,7 +7,7 @@ import pytest
 
 from varjax.models import airbench
 from varjax.models import conv
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 
 from conftest import CIFAR10_BINARY, needs_shared_data
 

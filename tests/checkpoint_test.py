@@ -18,7 +18,7 @@ import pytest
 from varjax import checkpoint
 from varjax import ensemble
 from varjax import mesh as mesh_lib
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 from varjax import train
 from varjax.models import airbench
 
@@ -102,11 +102,11 @@ def train_models(num_models, first_model_id=0, **overrides):
   ens = ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:1]))
   images, labels = random_images(NUM_TRAIN)
   state = ens.init(step_lib.whitening_kernel_for(images, config.model))
-  for epoch, steps in ens.plan.epochs():
+  for epoch, steps in ens.recipe.epochs():
     orders = ens.orders(epoch)
     for s in steps:
       state, _ = ens.train_step(state, orders, images, labels, s)
-  final = jax.tree.map(np.asarray, step_lib.final_variables(state, ens.plan))
+  final = jax.tree.map(np.asarray, step_lib.final_variables(state, ens.recipe))
   return final, np.asarray(state['diverged_at'])
 
 
@@ -132,7 +132,7 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
     return ensemble.Ensemble(config, NUM_TRAIN, mesh_lib.make_mesh(jax.devices()[:num_devices]))
 
   def train(ens, state, first, last):
-    for epoch, steps in ens.plan.epochs():
+    for epoch, steps in ens.recipe.epochs():
       orders = ens.orders(epoch)
       for s in steps:
         if first <= s < last:
@@ -140,7 +140,7 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
     return state
 
   eight = ensemble_on(8)
-  total = eight.plan.total_steps
+  total = eight.recipe.total_steps
   stop = total // 2  # mid-epoch (4 steps per epoch, 6 in all)
   reference = train(eight, eight.init(kernel), 0, total)
   state = train(eight, eight.init(kernel), 0, stop)
@@ -156,8 +156,8 @@ def test_resume_on_half_the_devices_equals_an_uninterrupted_run(tmp_path):
   assert done == stop
   assert all(x.sharding == mesh_lib.model_sharding(four.mesh) for x in jax.tree.leaves(state))
   resumed = train(four, state, stop, total)
-  for got, want in zip(jax.tree.leaves(step_lib.final_variables(resumed, four.plan)),
-                       jax.tree.leaves(step_lib.final_variables(reference, eight.plan))):
+  for got, want in zip(jax.tree.leaves(step_lib.final_variables(resumed, four.recipe)),
+                       jax.tree.leaves(step_lib.final_variables(reference, eight.recipe))):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from varjax.data import augment
 from varjax import difficulty
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 from varjax.models import airbench
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from varjax import ensemble
 from varjax import mesh as mesh_lib
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config
@@ -32,7 +32,7 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
   images, labels = random_images(NUM_TRAIN)
   kernel = step_lib.whitening_kernel_for(images, config.model)
   state = ens.init(kernel)
-  for epoch, steps in ens.plan.epochs():
+  for epoch, steps in ens.recipe.epochs():
     orders = ens.orders(epoch)
     for s in steps:
       state, _ = ens.train_step(state, orders, images, labels, s)
@@ -42,7 +42,7 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
                              labels[8:24])
   np.testing.assert_array_equal(outputs['logits'], ens.logits(state, images[:8]))
   outputs['dynamics'] = state['dynamics']
-  final = step_lib.final_variables(state, ens.plan)
+  final = step_lib.final_variables(state, ens.recipe)
   return jax.tree.map(np.asarray, final), jax.tree.map(np.asarray, outputs)
 
 

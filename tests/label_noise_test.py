@@ -8,7 +8,8 @@ from scipy import stats
 
 from varjax import config_check
 from varjax.data import label_noise
-from varjax import step as step_lib
+from varjax.training import recipe as recipe_lib
+from varjax.training import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
 
@@ -53,8 +54,8 @@ def test_label_noise_is_a_sweep_axis():
   np.testing.assert_array_equal(sweep.model_hparams(c, 6)['label_noise'],
                                 np.float32([0, 0, 0.5, 0.5, 1, 1]))
   assert sweep.point_names(c) == ['noise=0', 'noise=0.5', 'noise=1']
-  assert step_lib.StepPlan.from_config(c, 64).label_noise
-  assert not step_lib.StepPlan.from_config(tiny_config(), 64).label_noise
+  assert recipe_lib.Recipe.from_config(c, 64).label_noise
+  assert not recipe_lib.Recipe.from_config(tiny_config(), 64).label_noise
   with pytest.raises(config_check.ConfigError, match=r'label_noise must be a number in \[0, 1\]'):
     config_check.check(tiny_config(**{'train.label_noise': 1.5}))
   for variant in ('', 'cpu', 'smoke'):
@@ -64,16 +65,16 @@ def test_label_noise_is_a_sweep_axis():
 def test_step_trains_on_the_corrupted_labels():
   """With noise the step equals a noise-free step on the corrupted labels; at 0 it is unchanged."""
   config = tiny_config(**{'train.label_noise': 0.5})
-  plan = step_lib.StepPlan.from_config(config, num_train=32)
-  clean_plan = step_lib.StepPlan.from_config(tiny_config(), num_train=32)
+  recipe = recipe_lib.Recipe.from_config(config, num_train=32)
+  clean_plan = recipe_lib.Recipe.from_config(tiny_config(), num_train=32)
   model = airbench.Airbench(widths=(4, 8, 8))
   images, labels = random_images(32)
   kernel = step_lib.whitening_kernel_for(images, config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
-  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
+  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, recipe)
   order = jnp.arange(32, dtype=jnp.int32)
   key, noise = jax.random.key(1), label_noise.noise_key(0, 0)
-  noisy_step = jax.jit(step_lib.make_train_step(model, plan))
+  noisy_step = jax.jit(step_lib.make_train_step(model, recipe))
   noisy = noisy_step(state, hparams, key, order, images, labels, 0, noise)
   corrupted = label_noise.corrupt(noise, labels, 0.5, 10)
   assert not np.array_equal(corrupted, labels)

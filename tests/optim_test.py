@@ -5,9 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from varjax import optim
-
-
+from varjax.training import optim
 def test_sgd_units_match_the_recipe():
   lr, wd = optim.sgd_units(11.5, 0.0153, 0.85, batch_size=1024)
   assert lr == pytest.approx(11.5 / (1024 * (1 + 1 / 0.15)))

@@ -7,7 +7,8 @@ import numpy as np
 
 from varjax import config_check
 from varjax import runner
-from varjax import step as step_lib
+from varjax.training import recipe as recipe_lib
+from varjax.training import step as step_lib
 from varjax import summary as summary_lib
 
 from conftest import REPO
@@ -74,7 +75,7 @@ def test_batch_sweep_compares_equal_epochs_and_equal_steps():
       config_check.check(p['config'])
       assert p['config'].lenses.sharpness
   points = runner.load_sweep(str(REPO / 'experiments' / 'batch_sweep.py') + ':cpu')
-  plans = {p['name']: step_lib.StepPlan.from_config(p['config'], 2048) for p in points}
+  plans = {p['name']: recipe_lib.Recipe.from_config(p['config'], 2048) for p in points}
   assert [p['values']['schedule'] for p in points] == ['equal epochs'] * 3 + ['equal steps'] * 2
   assert plans['b32_equal_steps'].total_steps == plans['b128_equal_epochs'].total_steps == 64
   assert plans['b512_equal_steps'].total_steps == 64

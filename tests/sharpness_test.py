@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax import sharpness
-from varjax import step as step_lib
+from varjax.training import recipe as recipe_lib
+from varjax.training import step as step_lib
 from varjax.models import airbench
 from varjax.models import layers
 
@@ -115,7 +116,7 @@ def test_model_hvp_matches_reverse_over_reverse_and_adds_over_batches():
   gradient are no reference here: max pooling makes the gradient piecewise smooth,
   and steps of 1e-5 already cross its kinks.)"""
   config = tiny_config()
-  plan = step_lib.StepPlan.from_config(config, num_train=32)
+  recipe = recipe_lib.Recipe.from_config(config, num_train=32)
   model = airbench.Airbench(widths=(4, 8, 8), conv_weight_grad='sliced', conv_grad_slice=4)
   rng = np.random.default_rng(4)
   images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
@@ -128,7 +129,7 @@ def test_model_hvp_matches_reverse_over_reverse_and_adds_over_batches():
   trainable, frozen = sharpness.split_trainable(variables['params'])
   assert 'whiten_kernel' in frozen and 'whiten_bias' in trainable
   v = sharpness.random_like(jax.random.key(1), trainable, 'normal')
-  hvp_one = jax.jit(sharpness.make_hvp_one(model, plan, seed=0, num_images=32))
+  hvp_one = jax.jit(sharpness.make_hvp_one(model, recipe, seed=0, num_images=32))
   ids = jnp.arange(32, dtype=jnp.int32)
   whole = hvp_one((state, hparams, 0, v), images, labels, ids)
   halves = [hvp_one((state, hparams, 0, v), images[s:s + 16], labels, ids[s:s + 16])

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from varjax import step as step_lib
+from varjax.training import recipe as recipe_lib
+from varjax.training import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
 
@@ -25,12 +26,12 @@ def test_smoothed_cross_entropy_matches_numpy():
 
 
 def test_plan_counts_steps_like_airbench():
-  plan = step_lib.StepPlan.from_config(
+  recipe = recipe_lib.Recipe.from_config(
       tiny_config(**{'train.batch_size': 1024, 'train.epochs': 9.9,
                      'train.whiten_bias_epochs': 3}), num_train=50_000)
-  assert plan.steps_per_epoch == 48 and plan.total_steps == 476  # SPEC: about 476 steps
-  assert plan.num_epochs == 10 and plan.whiten_bias_steps == 144
-  epochs = list(plan.epochs())
+  assert recipe.steps_per_epoch == 48 and recipe.total_steps == 476  # SPEC: about 476 steps
+  assert recipe.num_epochs == 10 and recipe.whiten_bias_steps == 144
+  epochs = list(recipe.epochs())
   assert len(epochs) == 10 and len(epochs[-1][1]) == 476 - 9 * 48
 
 
@@ -58,24 +59,24 @@ def test_train_step_on_fake_data_learns_and_freezes_what_it_should():
   config = tiny_config(**{'train.whiten_bias_epochs': 0.25, 'train.epochs': 20, 'opt.lr': 50.0,
                           'lookahead.enabled': False})
   images, labels = class_colour_images(64)
-  plan = step_lib.StepPlan.from_config(config, 64)
+  recipe = recipe_lib.Recipe.from_config(config, 64)
   model = airbench.from_config(config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
   kernel = step_lib.whitening_kernel_for(images, config.model)
-  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
-  step = jax.jit(step_lib.make_train_step(model, plan))
+  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, recipe)
+  step = jax.jit(step_lib.make_train_step(model, recipe))
   key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
   biases, accuracies = [state['params']['whiten_bias']], []
-  for s in range(plan.total_steps):
+  for s in range(recipe.total_steps):
     state, metrics = step(state, hparams, key, order, images, labels, s)
     biases.append(state['params']['whiten_bias'])
     accuracies.append(float(metrics['accuracy']))
   np.testing.assert_array_equal(state['params']['whiten_kernel'], kernel)
-  assert plan.whiten_bias_steps == 1 and plan.total_steps == 80
+  assert recipe.whiten_bias_steps == 1 and recipe.total_steps == 80
   assert not np.array_equal(biases[0], biases[1])  # trains in step 0 ...
   for b in biases[2:]:
     np.testing.assert_array_equal(b, biases[1])  # ... and is frozen afterwards
-  logits = step_lib.make_eval_logits(model, 0)(step_lib.final_variables(state, plan), images)
+  logits = step_lib.make_eval_logits(model, 0)(step_lib.final_variables(state, recipe), images)
   assert (np.asarray(logits).argmax(-1) == labels).mean() > 0.3  # chance is 0.1
 
 
@@ -84,16 +85,16 @@ def test_step_without_whitening_gradient_equals_masking_the_bias_update():
   # every trained number must come out as the first program's masked update.
   config = tiny_config(**{'train.whiten_bias_epochs': 0.25, 'lookahead.enabled': False})
   images, labels = class_colour_images(64)
-  plan = step_lib.StepPlan.from_config(config, 64)
+  recipe = recipe_lib.Recipe.from_config(config, 64)
   model = airbench.from_config(config.model)
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
   kernel = step_lib.whitening_kernel_for(images, config.model)
-  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, plan)
+  state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, recipe)
   key, order = jax.random.key(1), jnp.arange(64, dtype=jnp.int32)
-  s = plan.whiten_bias_steps  # the first frozen step
+  s = recipe.whiten_bias_steps  # the first frozen step
   args = (hparams, key, order, images, labels, s)
-  live, live_metrics = jax.jit(step_lib.make_train_step(model, plan, True))(state, *args)
-  frozen, frozen_metrics = jax.jit(step_lib.make_train_step(model, plan, False))(state, *args)
+  live, live_metrics = jax.jit(step_lib.make_train_step(model, recipe, True))(state, *args)
+  frozen, frozen_metrics = jax.jit(step_lib.make_train_step(model, recipe, False))(state, *args)
   for name in ('params', 'batch_stats'):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  live[name], frozen[name])
@@ -106,19 +107,19 @@ def test_grad_of_sum_step_equals_the_per_model_step():
   # summed loss over stacked parameters is each model's own gradient.
   config = tiny_config(**{'train.epochs': 4})
   images, labels = class_colour_images(64)
-  plan = step_lib.StepPlan.from_config(config, 64)
+  recipe = recipe_lib.Recipe.from_config(config, 64)
   model = airbench.from_config(config.model)
   hparams = sweep.model_hparams(config, 2)
   hparams['label_smoothing'] = np.array([0.0, 0.3], np.float32)
   kernel = step_lib.whitening_kernel_for(images, config.model)
   one = lambda k: jax.tree.map(lambda v: v[k], hparams)
-  states = [step_lib.init_model_state(model, jax.random.key(k), kernel, one(k), plan)
+  states = [step_lib.init_model_state(model, jax.random.key(k), kernel, one(k), recipe)
             for k in range(2)]
   keys = [jax.random.key(10 + k) for k in range(2)]
   orders = [jax.random.permutation(jax.random.key(20 + k), 64).astype(jnp.int32)
             for k in range(2)]
-  per_model = jax.jit(step_lib.make_train_step(model, plan))
-  chunk = jax.jit(step_lib.make_grad_of_sum_step(model, plan))
+  per_model = jax.jit(step_lib.make_train_step(model, recipe))
+  chunk = jax.jit(step_lib.make_grad_of_sum_step(model, recipe))
   stack = lambda *xs: jax.tree.map(lambda *v: jnp.stack(v), *xs)
   stacked = stack(*states)
   for s in range(3):  # the third step crosses into a new pass over the 64 images

@@ -130,7 +130,7 @@ def time_training(config, num_train, steps, mesh=None, repeats=1):
   times = {}
   phases = [('live', 0)]
   if live_fraction(config) < 1:
-    phases.append(('frozen', ens.plan.whiten_bias_steps))
+    phases.append(('frozen', ens.recipe.whiten_bias_steps))
   for phase, first in phases:
     start = time.perf_counter()
     jax.block_until_ready(run_step(first))  # compiles this phase's program

@@ -36,7 +36,8 @@ from varjax.data import label_noise
 from varjax import memory_plan
 from varjax import mesh as mesh_lib
 from varjax import programs
-from varjax import step as step_lib
+from varjax.training import recipe as recipe_lib
+from varjax.training import step as step_lib
 from varjax import sweep
 from varjax.models import airbench
 
@@ -122,7 +123,7 @@ class Ensemble:
         config.ensemble.conv_grad_slice,
         config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
         num_classes=cifar10.num_classes(config.data))
-    self.plan = step_lib.StepPlan.from_config(config, num_train)
+    self.recipe = recipe_lib.Recipe.from_config(config, num_train)
     # Training examples [0, num_probes) are the forgetting probes (0: off).
     self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)
                        if config.difficulty.forgetting else 0)
@@ -191,36 +192,36 @@ class Ensemble:
 
   def _build(self):
     self._compiled = {}
-    plan, model, seed, vary = self.plan, self.model, self.seed, self.vary
+    recipe, model, seed, vary = self.recipe, self.model, self.seed, self.vary
     key = lambda purpose, model_id: model_key(seed, purpose, model_id, vary)
 
     def init_one(per_model, whiten_kernel):
       model_id, hparams = per_model
       return step_lib.init_model_state(model, key('init', model_id), whiten_kernel,
-                                       hparams, plan)
+                                       hparams, recipe)
 
     def order_one(per_model, epoch):
       model_id, = per_model
       return jax.random.permutation(jax.random.fold_in(key('order', model_id), epoch),
-                                    plan.num_train).astype(jnp.int32)
+                                    recipe.num_train).astype(jnp.int32)
 
-    forward = step_lib.make_eval_forward(model, plan.tta_level)
+    forward = step_lib.make_eval_forward(model, recipe.tta_level)
     self._eval_one = lambda per_model, images: forward(
-        step_lib.final_variables(per_model[0], plan), images)[0]
+        step_lib.final_variables(per_model[0], recipe), images)[0]
     self._embed_one = lambda per_model, images: self.embed_one(per_model[0], images)
     difficulty = self.config.difficulty
     self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
     outputs = difficulty_lib.make_eval_outputs(forward, model.num_classes, model.head_scale,
                                                self.depth_k, difficulty.normalized_margin)
     self._outputs_one = lambda per_model, images, labels, support_labels: outputs(
-        step_lib.final_variables(per_model[0], plan), images, labels, per_model[1:],
+        step_lib.final_variables(per_model[0], recipe), images, labels, per_model[1:],
         support_labels)
     # Forgetting probes: the model as it stands after an epoch, without TTA.
     plain = step_lib.make_eval_logits(model, 0)
 
     def probe_one(per_model, images, labels):
       state, = per_model
-      correct = plain(step_lib.final_variables(state, plan), images).argmax(-1) == labels
+      correct = plain(step_lib.final_variables(state, recipe), images).argmax(-1) == labels
       return difficulty_lib.update_dynamics(state['dynamics'], correct)
 
     self._probe_one = probe_one
@@ -233,13 +234,13 @@ class Ensemble:
 
   def embed_one(self, state, images):
     """One model's TTA-averaged pooled embeddings (b, D_l) at each depth probe place."""
-    forward = step_lib.make_eval_forward(self.model, self.plan.tta_level)
-    return forward(step_lib.final_variables(state, self.plan), images)[1]['probes']
+    forward = step_lib.make_eval_forward(self.model, self.recipe.tta_level)
+    return forward(step_lib.final_variables(state, self.recipe), images)[1]['probes']
 
   def _step_program(self, key, whiten_bias_live):
     """The jitted train step of every model (see ``train_step``)."""
-    plan, model = self.plan, self.model
-    train_step = step_lib.make_train_step(model, plan, whiten_bias_live)
+    recipe, model = self.recipe, self.model
+    train_step = step_lib.make_train_step(model, recipe, whiten_bias_live)
 
     def step_one(per_model, images, labels, step):
       state, hparams, model_id, order = per_model
@@ -248,7 +249,7 @@ class Ensemble:
 
     step_chunk = None
     if self.formulation == 'grad_of_sum':
-      grad_of_sum = step_lib.make_grad_of_sum_step(model, plan, whiten_bias_live)
+      grad_of_sum = step_lib.make_grad_of_sum_step(model, recipe, whiten_bias_live)
 
       def step_chunk(per_model, images, labels, step):  # a whole chunk in one gradient
         state, hparams, model_ids, orders = per_model
@@ -319,7 +320,7 @@ class Ensemble:
 
     Returns (state, metrics) with metrics {'loss', 'accuracy'}, each (N,).
     """
-    program = self._steps[step < self.plan.whiten_bias_steps]
+    program = self._steps[step < self.recipe.whiten_bias_steps]
     step = jnp.int32(step)
     if self.chunk_loop == 'scan':
       return program(state, self.hparams, self.ids, orders, images, labels, step)

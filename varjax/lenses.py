@@ -30,7 +30,7 @@ from varjax.data import label_noise as label_noise_lib
 from varjax import mesh as mesh_lib
 from varjax import sharpness as sharpness_lib
 from varjax import analysis
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 from varjax.analysis import alignment as analysis_alignment
 
 # Per-model results, in the order the summary lists them.
@@ -57,22 +57,22 @@ def batches(num_images, batch_size):
   return [(s, min(batch_size, num_images - s)) for s in range(0, num_images, batch_size)]
 
 
-def make_train_eval_one(model, plan, seed):
+def make_train_eval_one(model, recipe, seed):
   """Returns one(per_model=(state, hparams, model_id), images, labels, ids) -> int32 counts.
 
   Counts on a batch of training images: predictions equal to the label the
   model trained on (``fit``) and to the true one (``true``); labels the
   corruption changed (``changed``) and, among those, fit and true.
   """
-  forward = step_lib.make_eval_logits(model, plan.tta_level)
+  forward = step_lib.make_eval_logits(model, recipe.tta_level)
 
   def one(per_model, images_u8, labels, example_ids):
     state, hparams, model_id = per_model
     trained_on = labels
-    if plan.label_noise:
+    if recipe.label_noise:
       trained_on = label_noise_lib.corrupt(label_noise_lib.noise_key(seed, model_id), labels,
                                            hparams['label_noise'], model.num_classes)
-    pred = forward(step_lib.final_variables(state, plan), images_u8).argmax(-1)
+    pred = forward(step_lib.final_variables(state, recipe), images_u8).argmax(-1)
     y_true, y_train = labels[example_ids], trained_on[example_ids]
     changed = y_true != y_train
     count = lambda mask: jnp.sum(mask.astype(jnp.int32))
@@ -85,7 +85,7 @@ def make_train_eval_one(model, plan, seed):
 
 def train_eval(ens, state, images, labels, size, to_host):
   """Per-model train-set accuracies on the first ``size`` training images (host arrays)."""
-  run = ens.per_model('lens_train_eval', make_train_eval_one(ens.model, ens.plan, ens.seed), 3, 3)
+  run = ens.per_model('lens_train_eval', make_train_eval_one(ens.model, ens.recipe, ens.seed), 3, 3)
   totals = None
   for start, n in batches(size, ens.config.eval.batch_size):
     ids = jnp.arange(start, start + n, dtype=jnp.int32)
@@ -114,7 +114,7 @@ def random_vectors(ens, state, kind):
 def sharpness(ens, state, images, labels, lens_config, to_host):
   """(images used, per-model top eigenvalue, residual, trace and its standard error)."""
   size = min(lens_config.sharpness_images, images.shape[0])
-  run = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.plan, ens.seed, size),
+  run = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.recipe, ens.seed, size),
                       4, 3)
   parts = batches(size, lens_config.batch_size)
 
@@ -144,7 +144,7 @@ def sharpness(ens, state, images, labels, lens_config, to_host):
 def alignment(ens, state, images, lens_config, to_host):
   """Each model's patch covariance (N, d, d) and first-conv kernels, trained and initial."""
   size = min(lens_config.alignment_images, images.shape[0])
-  final = lambda s: step_lib.final_variables(s, ens.plan)
+  final = lambda s: step_lib.final_variables(s, ens.recipe)
   run = ens.per_model('lens_alignment', alignment_lib.make_moments_one(ens.model, final), 1, 1)
   moments = None
   for start, n in batches(size, lens_config.batch_size):

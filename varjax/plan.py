@@ -76,8 +76,8 @@ def describe(target, ens, program, compiled, compile_s, frozen_roofline=None):
       'collective_bytes': stats['collective_bytes'], 'kernels': stats['kernels'],
   }
   if program in programs.TRAIN_STEPS:
-    steps = ens.plan.total_steps
-    live = min(ens.plan.whiten_bias_steps, steps)
+    steps = ens.recipe.total_steps
+    live = min(ens.recipe.whiten_bias_steps, steps)
     record['flops_per_model_step'] = int(flops / per_device)
     record['steps_per_run'] = steps
     run_seconds = roofline * steps
@@ -102,7 +102,7 @@ def compile_programs(config, target_name, names=programs.PROGRAMS, hlo_dir=None)
     seconds = ens.compile_seconds.get((program, ens.models_per_chunk),
                                       time.perf_counter() - start)
     frozen = None
-    if program == 'train_step' and ens.plan.whiten_bias_steps < ens.plan.total_steps:
+    if program == 'train_step' and ens.recipe.whiten_bias_steps < ens.recipe.total_steps:
       frozen = roofline_seconds(target, ens, hlo_stats.analyze(
           ens.compile('train_step_frozen').as_text()))
     if hlo_dir:

@@ -18,7 +18,7 @@ from varjax import mesh as mesh_lib
 
 PROGRAMS = ('init', 'train_step', 'eval_outputs', 'analysis_update')
 # The step after the whitening bias froze (no gradient through that layer);
-# varjax.plan compiles it alongside 'train_step' for the run's bound.
+# varjax.recipe compiles it alongside 'train_step' for the run's bound.
 TRAIN_STEPS = ('train_step', 'train_step_frozen')
 ALL_PROGRAMS = PROGRAMS + TRAIN_STEPS[1:]
 
@@ -62,7 +62,7 @@ def program(ens, name, num_examples=None, num_classes=None):
     return ens.jitted('init'), (ids, hparams, kernel)
   state = abstract_state(ens)
   if name in TRAIN_STEPS:
-    num_train = ens.plan.num_train
+    num_train = ens.recipe.num_train
     return ens.jitted(name), (
         state, hparams, ids, _models_axis(ens, jax.ShapeDtypeStruct((n, num_train), jnp.int32)),
         _shared(ens, (num_train, 32, 32, 3), jnp.uint8), _shared(ens, (num_train,), jnp.int32),

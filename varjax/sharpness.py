@@ -48,7 +48,7 @@ import numpy as np
 
 from varjax.data import augment
 from varjax.data import label_noise as label_noise_lib
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 
 FROZEN = ('whiten_kernel',)
 _SHARPNESS_TAG = 0x73686172
@@ -143,7 +143,7 @@ def loss_hvp(loss):
   return lambda params, v: jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
-def make_hvp_one(model, plan, seed, num_images):
+def make_hvp_one(model, recipe, seed, num_images):
   """Returns hvp_one(per_model, images_u8, labels, example_ids) -> a model's H v on a batch.
 
   ``per_model`` = (state, hparams, model_id, v); ``labels`` are the whole
@@ -155,8 +155,8 @@ def make_hvp_one(model, plan, seed, num_images):
 
   def hvp_one(per_model, images_u8, labels, example_ids):
     state, hparams, model_id, vector = per_model
-    variables = step_lib.final_variables(state, plan)
-    if plan.label_noise:
+    variables = step_lib.final_variables(state, recipe)
+    if recipe.label_noise:
       labels = label_noise_lib.corrupt(label_noise_lib.noise_key(seed, model_id), labels,
                                        hparams['label_noise'], model.num_classes)
     y = labels[example_ids]

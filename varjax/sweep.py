@@ -25,7 +25,7 @@ import itertools
 
 import numpy as np
 
-from varjax import optim
+from varjax.training import optim
 from varjax.config_check import ConfigError
 
 AXES = ('lr_multipliers', 'weight_decay_multipliers', 'label_smoothings', 'label_noise')

@@ -27,7 +27,7 @@ from varjax.analysis import accumulate
 from varjax import checkpoint as checkpoint_lib
 from varjax import config_check
 from varjax import data as data_lib
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 from varjax import ensemble as ensemble_lib
 from varjax import lenses as lenses_lib
 from varjax import mesh as mesh_lib
@@ -160,14 +160,14 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   num_train, num_test = len(dataset.train_labels), len(dataset.test_labels)
 
   ens = ensemble_lib.Ensemble(config, num_train)
-  plan = ens.plan
+  recipe = ens.recipe
   num_params = airbench.num_params(
       airbench.init_variables(ens.model, jax.random.key(0), np.zeros(
           (config.model.whiten_kernel_size,) * 2 + (3, ens.model.whiten_width)))['params'])
   logging.info('%d models x %s params on %d %s device(s), %d per chunk; %d train / %d %s '
                'images; %d steps of batch %d', ens.num_models, f'{num_params:,}',
                ens.mesh.devices.size, jax.default_backend(), ens.models_per_chunk, num_train,
-               num_test, dataset.test_name, plan.total_steps, plan.batch_size)
+               num_test, dataset.test_name, recipe.total_steps, recipe.batch_size)
 
   replicated = mesh_lib.replicated(ens.mesh)
   to_host = host_gatherer(ens.mesh)
@@ -180,15 +180,15 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   done, state, totals = ckpt.restore_latest(state, zeros())
   if is_writer:  # records of the steps this run repeats, and any half-written line
-    writers.keep_records(workdir, lambda r: not rewritten_on_resume(r, done, plan.total_steps))
+    writers.keep_records(workdir, lambda r: not rewritten_on_resume(r, done, recipe.total_steps))
   writer = writers.MetricWriter(workdir) if is_writer else writers.NullWriter()
-  progress = progress_lib.Progress(plan.total_steps, ens.num_models * plan.batch_size,
+  progress = progress_lib.Progress(recipe.total_steps, ens.num_models * recipe.batch_size,
                                    done=done, desc=progress_desc or config.name,
                                    enable=None if is_writer else False)
   train_time = 0.0
   last = None
-  for epoch, steps in plan.epochs():
-    if steps[-1] < done - 1 or (steps[-1] == done - 1 and done < plan.total_steps):
+  for epoch, steps in recipe.epochs():
+    if steps[-1] < done - 1 or (steps[-1] == done - 1 and done < recipe.total_steps):
       continue  # finished before the restored checkpoint
     start = time.perf_counter()
     orders = ens.orders(epoch)
@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
       if config.log.every_steps and (step + 1) % config.log.every_steps == 0:
         writer.write(step + 1, epoch=epoch, **{f'step_{k}_mean': float(v.mean())
                                                for k, v in to_host(metrics).items()})
-      if ckpt.should_save(step + 1, step == steps[-1], plan.total_steps):
+      if ckpt.should_save(step + 1, step == steps[-1], recipe.total_steps):
         checkpoint_waits.append(ckpt.save(step + 1, state, totals))
     done = steps[-1] + 1
     last = jax.tree.map(lambda t: t / len(steps), to_host(totals))  # waits for the epoch
@@ -214,7 +214,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
     train_time += seconds
     with progress.paused():
       logging.info('epoch %d/%d  %.1fs  train loss %.4f  acc %.4f (mean over %d models)',
-                   epoch + 1, plan.num_epochs, seconds, last['loss'].mean(),
+                   epoch + 1, recipe.num_epochs, seconds, last['loss'].mean(),
                    last['accuracy'].mean(), ens.num_models)
     writer.write(steps[-1] + 1, epoch=epoch + 1, epoch_seconds=seconds,
                  train_loss=float(last['loss'].mean()),
@@ -268,7 +268,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   lenses = (lenses_lib.measure(ens, state, train_images, train_labels, to_host)
             if lenses_lib.enabled(config) else None)
   lenses_time = time.perf_counter() - start
-  writer.write(plan.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
+  writer.write(recipe.total_steps, test_accuracy_mean=float(results['accuracy'].mean()),
                test_accuracy_std=summary_lib.json_value(results['std_accuracy'][0]),
                eval_seconds=eval_time, checkpoint_close_seconds=close_seconds)
   writer.close()
@@ -276,7 +276,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   run_info = {'name': config.name, 'variant': config.variant, 'seed': config.seed,
               'num_params_per_model': num_params, 'num_train': num_train,
               'test_set': dataset.test_name, 'num_test': num_test,
-              'total_steps': plan.total_steps, 'backend': jax.default_backend(),
+              'total_steps': recipe.total_steps, 'backend': jax.default_backend(),
               'num_devices': int(ens.mesh.devices.size),
               'models_per_chunk': ens.models_per_chunk,
               'train_seconds': train_time, 'eval_seconds': eval_time,

@@ -43,7 +43,7 @@ from varjax import cli
 from varjax import ensemble as ensemble_lib
 from varjax import train as train_lib
 from varjax.models import airbench
-from varjax import step as step_lib
+from varjax.training import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _MODELS = flags.DEFINE_list('models', ['16', '128', '512'], 'Ensemble sizes.')
@@ -96,7 +96,7 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
       row['probe_s_per_epoch'] = round(timed(lambda: ens.record_probes(state, *probes), 1), 3)
       orders = ens.orders(0)
       step = lambda: ens.train_step(ens.init(kernel), orders, train_images, train_labels, 0)
-      epoch_s = timed(step, 1) * ens.plan.steps_per_epoch
+      epoch_s = timed(step, 1) * ens.recipe.steps_per_epoch
       row.update(num_probes=ens.num_probes, train_s_per_epoch=round(epoch_s, 2),
                  over_train_epoch=round(row['probe_s_per_epoch'] / epoch_s, 4))
     else:
@@ -112,7 +112,7 @@ def lens_costs(config, num_models, kernel, repeats):
   from varjax import alignment as alignment_lib  # pylint: disable=g-import-not-at-top
   from varjax import lenses as lenses_lib  # pylint: disable=g-import-not-at-top
   from varjax import sharpness as sharpness_lib  # pylint: disable=g-import-not-at-top
-  from varjax import step as step_lib  # pylint: disable=g-import-not-at-top
+  from varjax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.num_models = num_models
   lens = c.lenses
@@ -124,7 +124,7 @@ def lens_costs(config, num_models, kernel, repeats):
   state = ens.init(kernel)
   plain = lambda n: timed(lambda: ens.logits(state, images[:n]), repeats)
   ids = jnp.arange(b, dtype=jnp.int32)
-  hvp = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.plan, 0, b), 4, 3)
+  hvp = ens.per_model('lens_hvp', sharpness_lib.make_hvp_one(ens.model, ens.recipe, 0, b), 4, 3)
   vector = lenses_lib.random_vectors(ens, state, 'rademacher')(1)
   hvp_s = timed(lambda: hvp(state, ens.hparams, ens.ids, vector, images[:b], labels, ids),
                 repeats)
@@ -133,7 +133,7 @@ def lens_costs(config, num_models, kernel, repeats):
   yield {'lens': 'sharpness', 'num_models': num_models, 'batch': b,
          's_per_call': round(hvp_s, 4), 'over_plain': round(hvp_s / plain_s, 2),
          'calls_per_run': calls, 's_per_run': round(calls * hvp_s, 1)}
-  final = lambda s: step_lib.final_variables(s, ens.plan)
+  final = lambda s: step_lib.final_variables(s, ens.recipe)
   moments = ens.per_model('lens_alignment', alignment_lib.make_moments_one(ens.model, final),
                           1, 1)
   align_s = timed(lambda: moments(state, images[:b]), repeats)
@@ -143,7 +143,7 @@ def lens_costs(config, num_models, kernel, repeats):
          'calls_per_run': calls, 's_per_run': round(calls * align_s, 1)}
   e = c.eval.batch_size
   counts = ens.per_model('lens_train_eval',
-                         lenses_lib.make_train_eval_one(ens.model, ens.plan, 0), 3, 3)
+                         lenses_lib.make_train_eval_one(ens.model, ens.recipe, 0), 3, 3)
   eval_ids = jnp.arange(e, dtype=jnp.int32)
   count_s = timed(lambda: counts(state, ens.hparams, ens.ids, images[:e], labels, eval_ids),
                   repeats)

@@ -6,13 +6,10 @@ A model's state is a dict of arrays:
   ema_params, ema_batch_stats: the lookahead average, which becomes the model.
 
 Example:
-  >>> plan = StepPlan.from_config(config, num_train=40_000)          # doctest: +SKIP
-  >>> train_step = make_train_step(model, plan)                       # doctest: +SKIP
+  >>> recipe = Recipe.from_config(config, num_train=40_000)   # training/recipe.py  # doctest: +SKIP
+  >>> train_step = make_train_step(model, recipe)                       # doctest: +SKIP
   >>> state, metrics = train_step(state, hparams, keys, order, images, labels, step)
 """
-
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -20,61 +17,8 @@ import optax
 
 from varjax.data import augment
 from varjax.data import label_noise as label_noise_lib
-from varjax import optim
+from varjax.training import optim
 from varjax.models import airbench
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-  """The static facts of a training run that shape the compiled step."""
-  num_train: int
-  batch_size: int
-  steps_per_epoch: int
-  total_steps: int
-  whiten_bias_steps: int
-  translate: int
-  flip: str
-  momentum: float
-  bias_lr_scale: float
-  warmup_frac: float
-  lr_start_factor: float
-  lr_end_factor: float
-  lookahead: bool
-  lookahead_every: int
-  lookahead_decay: float
-  lookahead_power: float
-  tta_level: int
-  # Whether any model trains on corrupted labels (label_noise.py); static, so a
-  # run without noise compiles exactly the program it did before.
-  label_noise: bool = False
-
-  @classmethod
-  def from_config(cls, config, num_train):
-    batch = config.train.batch_size
-    steps_per_epoch = num_train // batch
-    if steps_per_epoch < 1:
-      raise ValueError(f'train.batch_size={batch} exceeds the {num_train} training images.')
-    return cls(
-        num_train=num_train, batch_size=batch, steps_per_epoch=steps_per_epoch,
-        total_steps=max(1, math.ceil(config.train.epochs * steps_per_epoch)),
-        whiten_bias_steps=math.ceil(config.train.whiten_bias_epochs * steps_per_epoch),
-        translate=config.aug.translate, flip=config.aug.flip,
-        momentum=config.opt.momentum, bias_lr_scale=config.opt.bias_lr_scale,
-        warmup_frac=config.opt.warmup_frac, lr_start_factor=config.opt.lr_start_factor,
-        lr_end_factor=config.opt.lr_end_factor, lookahead=config.lookahead.enabled,
-        lookahead_every=config.lookahead.every_steps, lookahead_decay=config.lookahead.decay,
-        lookahead_power=config.lookahead.power, tta_level=config.eval.tta_level,
-        label_noise=config.train.label_noise > 0 or any(f > 0 for f in config.sweep.label_noise))
-
-  @property
-  def num_epochs(self):
-    return math.ceil(self.total_steps / self.steps_per_epoch)
-
-  def epochs(self):
-    """Yields (epoch, range of global steps in it); the last epoch may be partial."""
-    for epoch in range(self.num_epochs):
-      first = epoch * self.steps_per_epoch
-      yield epoch, range(first, min(first + self.steps_per_epoch, self.total_steps))
 
 
 def lr_scales(params, bias_lr_scale):
@@ -91,9 +35,9 @@ def lr_scales(params, bias_lr_scale):
   return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def make_optimizer(params_template, hparams, plan):
-  return optim.nesterov_sgd(hparams['lr'], hparams['weight_decay'], plan.momentum,
-                            lr_scales(params_template, plan.bias_lr_scale))
+def make_optimizer(params_template, hparams, recipe):
+  return optim.nesterov_sgd(hparams['lr'], hparams['weight_decay'], recipe.momentum,
+                            lr_scales(params_template, recipe.bias_lr_scale))
 
 
 def smoothed_cross_entropy_sum(logits, labels, smoothing):
@@ -110,11 +54,11 @@ def whitening_kernel_for(train_images_u8, model_config):
                                    model_config.whiten_eps)
 
 
-def init_model_state(model, init_key, whiten_kernel, hparams, plan):
+def init_model_state(model, init_key, whiten_kernel, hparams, recipe):
   """Initial state of one model from its init key."""
   variables = airbench.init_variables(model, init_key, whiten_kernel)
   params, batch_stats = variables['params'], variables['batch_stats']
-  opt_state = make_optimizer(params, hparams, plan).init(params)
+  opt_state = make_optimizer(params, hparams, recipe).init(params)
   return {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
           'ema_params': params, 'ema_batch_stats': batch_stats,
           'diverged_at': jnp.int32(-1)}
@@ -127,11 +71,11 @@ def all_finite(tree):
   return jnp.stack(leaves).all()
 
 
-def make_step_parts(model, plan, whiten_bias_live=True):
+def make_step_parts(model, recipe, whiten_bias_live=True):
   """The three stages of one model's train step: ``(batch, loss, apply)``.
 
   batch(augment_key, order, images, labels, step, noise_key, noise) -> (x, y): the
-  augmented batch. With ``plan.label_noise`` the whole training set's true
+  augmented batch. With ``recipe.label_noise`` the whole training set's true
   ``labels`` are first corrupted with probability ``noise`` from the model's
   ``noise_key`` (label_noise.py); the loss and accuracy are against them.
   loss(params, batch_stats, x, y, smoothing) -> (summed loss, (logits, batch_stats)).
@@ -142,17 +86,17 @@ def make_step_parts(model, plan, whiten_bias_live=True):
   the gradient of a chunk's summed loss instead (the same gradients, since no
   model's loss depends on another's parameters).
 
-  The whitening bias trains while ``step < plan.whiten_bias_steps``. With
+  The whitening bias trains while ``step < recipe.whiten_bias_steps``. With
   ``whiten_bias_live=False`` the loss is for the later steps only: no gradient
   flows through the whitening layer (the costliest part of the backward pass on
   CPU: the 31x31x24 maps), with the same result as masking the bias update.
   """
 
   def batch(augment_key, order, images, labels, step, noise_key=None, noise=None):
-    if plan.label_noise:
+    if recipe.label_noise:
       labels = label_noise_lib.corrupt(noise_key, labels, noise, model.num_classes)
-    return augment.train_batch(images, labels, order, augment_key, step, plan.steps_per_epoch,
-                               plan.batch_size, plan.translate, plan.flip, model.dtype)
+    return augment.train_batch(images, labels, order, augment_key, step, recipe.steps_per_epoch,
+                               recipe.batch_size, recipe.translate, recipe.flip, model.dtype)
 
   def loss(params, batch_stats, x, y, smoothing):
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats},
@@ -162,21 +106,21 @@ def make_step_parts(model, plan, whiten_bias_live=True):
 
   def apply(state, hparams, step, loss, aux, y, grads):
     logits, batch_stats = aux
-    tx = make_optimizer(state['params'], hparams, plan)
+    tx = make_optimizer(state['params'], hparams, recipe)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    factor = optim.lr_factor(step, plan.total_steps, plan.warmup_frac,
-                             plan.lr_start_factor, plan.lr_end_factor)
-    bias_live = (step < plan.whiten_bias_steps).astype(jnp.float32)
+    factor = optim.lr_factor(step, recipe.total_steps, recipe.warmup_frac,
+                             recipe.lr_start_factor, recipe.lr_end_factor)
+    bias_live = (step < recipe.whiten_bias_steps).astype(jnp.float32)
     updates = dict(updates)
     updates['whiten_bias'] = updates['whiten_bias'] * bias_live
     updates = jax.tree.map(lambda u: u * factor, updates)
     params = optax.apply_updates(state['params'], updates)
 
     ema_params, ema_batch_stats = state['ema_params'], state['ema_batch_stats']
-    if plan.lookahead:
+    if recipe.lookahead:
       done = step + 1
-      args = (done, plan.total_steps, plan.lookahead_decay, plan.lookahead_every,
-              plan.lookahead_power)
+      args = (done, recipe.total_steps, recipe.lookahead_decay, recipe.lookahead_every,
+              recipe.lookahead_power)
       params, ema_params = optim.lookahead(params, ema_params, *args)
       batch_stats, ema_batch_stats = optim.lookahead(batch_stats, ema_batch_stats, *args)
     new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
@@ -191,14 +135,14 @@ def make_step_parts(model, plan, whiten_bias_live=True):
                                          jnp.asarray(step, jnp.int32), state['diverged_at'])
     # Keys the step does not train (e.g. 'dynamics', updated once per epoch) pass through.
     new_state = {**state, **new_state}
-    metrics = {'loss': loss / plan.batch_size,
+    metrics = {'loss': loss / recipe.batch_size,
                'accuracy': (logits.argmax(-1) == y).mean()}
     return new_state, metrics
 
   return batch, loss, apply
 
 
-def make_train_step(model, plan, whiten_bias_live=True):
+def make_train_step(model, recipe, whiten_bias_live=True):
   """Returns train_step(state, hparams, augment_key, order, images, labels, step, noise_key).
 
   ``step`` is the number of steps already taken (global, the same for all models).
@@ -206,7 +150,7 @@ def make_train_step(model, plan, whiten_bias_live=True):
   ``whiten_bias_live=False``: for steps after the whitening bias froze (see
   ``make_step_parts``).
   """
-  batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
+  batch, loss_fn, apply = make_step_parts(model, recipe, whiten_bias_live)
 
   def train_step(state, hparams, augment_key, order, images, labels, step, noise_key=None):
     x, y = batch(augment_key, order, images, labels, step, noise_key,
@@ -218,7 +162,7 @@ def make_train_step(model, plan, whiten_bias_live=True):
   return train_step
 
 
-def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
+def make_grad_of_sum_step(model, recipe, whiten_bias_live=True):
   """``make_train_step`` for a chunk of models stacked on axis 0, in one gradient.
 
   Returns chunk_step(states, hparams, augment_keys, orders, images, labels, step,
@@ -229,10 +173,10 @@ def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
   written so that the compiler sees batched backward convolutions (ensemble
   formulation 'grad_of_sum').
   """
-  batch, loss_fn, apply = make_step_parts(model, plan, whiten_bias_live)
+  batch, loss_fn, apply = make_step_parts(model, recipe, whiten_bias_live)
 
   def chunk_step(states, hparams, augment_keys, orders, images, labels, step, noise_keys=None):
-    noise = hparams.get('label_noise') if plan.label_noise else None
+    noise = hparams.get('label_noise') if recipe.label_noise else None
     x, y = jax.vmap(batch, in_axes=(0, 0, None, None, None, 0, 0))(
         augment_keys, orders, images, labels, step, noise_keys, noise)
 
@@ -248,9 +192,9 @@ def make_grad_of_sum_step(model, plan, whiten_bias_live=True):
   return chunk_step
 
 
-def final_variables(state, plan):
+def final_variables(state, recipe):
   """The trained model: the lookahead average when enabled (airbench's last sync)."""
-  if plan.lookahead:
+  if recipe.lookahead:
     return {'params': state['ema_params'], 'batch_stats': state['ema_batch_stats']}
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
