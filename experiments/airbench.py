@@ -114,7 +114,7 @@ def get_config(arg=None):
   c.analysis.seeds_needed_power = 0.8
   c.analysis.seeds_needed_alpha = 0.05
 
-  # Example difficulty (varjax/difficulty.py); each switch costs only when on
+  # Example difficulty (varjax/measures/difficulty.py); each switch costs only when on
   # (measured: python -m varjax.analysis.bench, BENCHMARKS.md).
   c.difficulty = ml_collections.ConfigDict()
   # Prediction depth: k-NN probes at depth_probes (network order; the input,
@@ -136,7 +136,7 @@ def get_config(arg=None):
   # Per-model lenses measured after training (varjax/lenses.py); each costs only
   # when on (measured: python -m varjax.analysis.bench --lenses, BENCHMARKS.md).
   c.lenses = ml_collections.ConfigDict()
-  # Flatness (Lengyel et al. 2021; varjax/sharpness.py): top Hessian eigenvalue by
+  # Flatness (Lengyel et al. 2021; varjax/measures/sharpness.py): top Hessian eigenvalue by
   # power iteration and trace by Hutchinson's estimator (Rademacher probes) of the
   # mean label-smoothed training loss on the first sharpness_images training
   # images, at the final weights, BatchNorm in eval mode.
@@ -144,7 +144,7 @@ def get_config(arg=None):
   c.lenses.sharpness_images = 512
   c.lenses.power_iterations = 20  # Hessian-vector products for the top eigenvalue
   c.lenses.hutchinson_probes = 10  # Hessian-vector products for the trace
-  # Maennel et al. 2020 (varjax/alignment.py): misalignment of the first trained
+  # Maennel et al. 2020 (varjax/measures/alignment.py): misalignment of the first trained
   # conv's filters with the covariance of its input patches (the whitening output)
   # on the first alignment_images training images, along the data's top
   # alignment_components principal components (None: min(patch dim, filters // 2),

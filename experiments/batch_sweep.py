@@ -6,7 +6,7 @@ number of epochs it takes fewer steps and grows smaller margins, not because it
 finds sharper minima. Batch size changes the program, so each point is its own
 run under ``varjax.runner``; the points compare batch sizes at equal epochs
 and at equal steps (the steps of the middle batch at the base epochs), and
-every model gets its top Hessian eigenvalue and trace (varjax/sharpness.py)
+every model gets its top Hessian eigenvalue and trace (varjax/measures/sharpness.py)
 beside its margins and accuracy. ``opt.lr`` is in airbench's decoupled units
 (per 1024 examples, summed loss), so the step grows with the batch (the linear
 scaling rule) and equal epochs see equal amounts of "learning rate x data".

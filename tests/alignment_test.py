@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from varjax import alignment
+from varjax.measures import alignment
 from varjax.data import augment
 from varjax.analysis import alignment as measure
 from varjax.models import airbench

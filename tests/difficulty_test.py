@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax.data import augment
-from varjax import difficulty
+from varjax.measures import difficulty
 from varjax.training import step as step_lib
 from varjax.models import airbench
 

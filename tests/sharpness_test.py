@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import sharpness
+from varjax.measures import sharpness
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
 from varjax.models import airbench

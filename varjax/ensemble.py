@@ -30,7 +30,7 @@ from varjax import analysis
 from varjax import chunk_loop as chunk_loop_lib
 from varjax import config_check
 from varjax.data import cifar10
-from varjax import difficulty as difficulty_lib
+from varjax.measures import difficulty as difficulty_lib
 from varjax import ensemble_options as options
 from varjax.data import label_noise
 from varjax import memory_plan

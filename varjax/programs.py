@@ -13,7 +13,7 @@ Example:
 import jax
 import jax.numpy as jnp
 
-from varjax import difficulty as difficulty_lib
+from varjax.measures import difficulty as difficulty_lib
 from varjax import mesh as mesh_lib
 
 PROGRAMS = ('init', 'train_step', 'eval_outputs', 'analysis_update')

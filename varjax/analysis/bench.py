@@ -109,9 +109,9 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
 
 def lens_costs(config, num_models, kernel, repeats):
   """Yields one dict per lens: a call's seconds against the plain evaluation, and per run."""
-  from varjax import alignment as alignment_lib  # pylint: disable=g-import-not-at-top
+  from varjax.measures import alignment as alignment_lib  # pylint: disable=g-import-not-at-top
   from varjax import lenses as lenses_lib  # pylint: disable=g-import-not-at-top
-  from varjax import sharpness as sharpness_lib  # pylint: disable=g-import-not-at-top
+  from varjax.measures import sharpness as sharpness_lib  # pylint: disable=g-import-not-at-top
   from varjax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.num_models = num_models

@@ -1,6 +1,6 @@
 """Example difficulty across the ensemble: margins, prediction depth, forgetting.
 
-Aggregates the per-model probes of varjax/difficulty.py over models, on the
+Aggregates the per-model probes of varjax/measures/difficulty.py over models, on the
 device. ``member`` is the (N, G) one-hot group membership of the analysis
 state (a diverged model's row is zero, so it joins no group statistic).
 
