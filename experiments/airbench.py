@@ -195,7 +195,7 @@ def get_config(arg=None):
   # the same at the cpu variant's. Ignored on accelerators.
   c.ensemble.cpu_conv_library = 'eigen'
 
-  # A grid of per-model hyperparameters in one ensemble (varjax/sweep.py):
+  # A grid of per-model hyperparameters in one ensemble (varjax/ensemble/grid.py):
   # points = product of the non-empty lists; num_models = points x seeds_per_point.
   c.sweep = ml_collections.ConfigDict()
   c.sweep.lr_multipliers = ()  # of opt.lr

@@ -17,7 +17,7 @@ import pytest
 
 from varjax import checkpoint
 from varjax import ensemble
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
 from varjax import train
 from varjax.models import airbench

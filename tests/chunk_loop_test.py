@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from varjax import chunk_loop
-from varjax import mesh as mesh_lib
+from varjax.ensemble import chunk_loop
+from varjax.ensemble import mesh as mesh_lib
 
 N = 8
 

@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from varjax import config_check
-from varjax import ensemble_options as options
+from varjax.ensemble import options
 
 from conftest import tiny_config
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from varjax import ensemble
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
 from varjax.models import airbench
 

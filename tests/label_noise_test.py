@@ -10,7 +10,7 @@ from varjax import config_check
 from varjax.data import label_noise
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
-from varjax import sweep
+from varjax.ensemble import grid as sweep
 from varjax.models import airbench
 
 from conftest import load_experiment, random_images, tiny_config

@@ -6,7 +6,7 @@ import numpy as np
 from varjax import analysis
 from varjax import ensemble
 from varjax import lenses
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
 from varjax.analysis import accumulate
 from varjax.models import airbench

@@ -2,9 +2,7 @@
 
 import pytest
 
-from varjax import memory_plan
-
-
+from varjax.ensemble import chunk_fit as memory_plan
 def test_activation_formula_counts_airbench94_maps():
   per_model = memory_plan.activation_bytes_per_model((64, 256, 256), 1024)
   # airbench94's maps at batch 1024, counted by hand: 31x31x24 whitening output, then

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 
 
 def test_mesh_has_one_models_axis_over_the_given_devices():

@@ -7,7 +7,7 @@ import optax
 
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
-from varjax import sweep
+from varjax.ensemble import grid as sweep
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config

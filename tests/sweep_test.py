@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from varjax import config_check
-from varjax import sweep
-
+from varjax.ensemble import grid as sweep
 from conftest import load_experiment, tiny_config
 from ensemble_test import assert_models_equal, run
 

@@ -50,8 +50,7 @@ from ml_collections import config_flags
 from varjax import cli
 from varjax import config_check
 from varjax import plan
-from varjax import programs
-
+from varjax.ensemble import programs
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _TARGETS = flags.DEFINE_list('targets', ['h100', 'tpu-v5e:16x16'],
                              f'Targets to compile for: {", ".join(targets.known_targets())}.')

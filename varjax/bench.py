@@ -33,8 +33,8 @@ from ml_collections import config_flags
 
 from varjax import cli
 from varjax import ensemble as ensemble_lib
-from varjax import ensemble_options
-from varjax import mesh as mesh_lib
+from varjax.ensemble import options as ensemble_options
+from varjax.ensemble import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _MODELS = flags.DEFINE_list('models', ['8', '32'], 'Ensemble sizes to time.')

@@ -20,7 +20,9 @@ from typing import Any, Callable, NamedTuple
 from ml_collections import ConfigDict
 
 from varjax.data import cifar10
+from varjax.errors import ConfigError
 from varjax.data import sources
+from varjax.ensemble import grid
 
 KNOWN_KEYS = frozenset("""
 name variant seed num_models first_model_id overwrite
@@ -58,10 +60,6 @@ INT32_MAX = 2**31 - 1
 SYNONYMS = {'learning_rate': 'lr', 'wd': 'weight_decay', 'batch': 'batch_size',
             'n_models': 'num_models', 'models': 'num_models', 'width': 'widths',
             'num_epochs': 'epochs', 'tta': 'tta_level'}
-
-
-class ConfigError(ValueError):
-  """A config key or value that varjax cannot run with; the message names it."""
 
 
 class Rule(NamedTuple):
@@ -295,9 +293,8 @@ def _model_ids(c):
 
 
 def _sweep(c):
-  from varjax import sweep  # pylint: disable=g-import-not-at-top  (sweep imports ConfigError)
   try:
-    sweep.seeds_per_point(c)
+    grid.seeds_per_point(c)
   except ConfigError as e:
     return str(e)
   return None

@@ -27,7 +27,7 @@ from absl import logging
 
 from varjax.measures import alignment as alignment_lib
 from varjax.data import label_noise as label_noise_lib
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 from varjax.measures import sharpness as sharpness_lib
 from varjax import analysis
 from varjax.training import step as step_lib

@@ -19,9 +19,9 @@ import time
 from varjax import data
 from varjax import ensemble as ensemble_lib
 from varjax import hlo_stats
-from varjax import memory_plan
-from varjax import mesh as mesh_lib
-from varjax import programs
+from varjax.ensemble import chunk_fit as memory_plan
+from varjax.ensemble import mesh as mesh_lib
+from varjax.ensemble import programs
 from varjax import targets
 
 def build(config, target_name):

@@ -18,7 +18,7 @@ import numpy as np
 
 from varjax import analysis
 from varjax import lenses as lenses_lib
-from varjax import sweep
+from varjax.ensemble import grid as sweep
 from varjax.analysis import accumulate
 
 SUMMARY_FILE = 'summary.json'

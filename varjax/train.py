@@ -30,10 +30,10 @@ from varjax import data as data_lib
 from varjax.training import step as step_lib
 from varjax import ensemble as ensemble_lib
 from varjax import lenses as lenses_lib
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 from varjax import progress as progress_lib
 from varjax import summary as summary_lib
-from varjax import sweep
+from varjax.ensemble import grid as sweep
 from varjax import writers
 from varjax.models import airbench
 

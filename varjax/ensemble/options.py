@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import config_check
+from varjax import errors
 
 FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -32,7 +32,7 @@ _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_T
 def check_choice(key, value, choices):
   """Raises ConfigError unless ``value`` (of config key ``key``) is one of ``choices``."""
   if value not in choices:
-    raise config_check.ConfigError(f'{key} must be one of {choices}, got {value!r}.')
+    raise errors.ConfigError(f'{key} must be one of {choices}, got {value!r}.')
 
 
 def resolve_compute_dtype(compute_dtype, platform):

@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 
 from varjax.training import optim
-from varjax.config_check import ConfigError
+from varjax.errors import ConfigError
 
 AXES = ('lr_multipliers', 'weight_decay_multipliers', 'label_smoothings', 'label_noise')
 

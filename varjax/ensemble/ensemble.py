@@ -27,18 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax import analysis
-from varjax import chunk_loop as chunk_loop_lib
-from varjax import config_check
+from varjax.ensemble import chunk_loop as chunk_loop_lib
+from varjax import errors
 from varjax.data import cifar10
 from varjax.measures import difficulty as difficulty_lib
-from varjax import ensemble_options as options
+from varjax.ensemble import options
 from varjax.data import label_noise
-from varjax import memory_plan
-from varjax import mesh as mesh_lib
-from varjax import programs
+from varjax.ensemble import chunk_fit as memory_plan
+from varjax.ensemble import mesh as mesh_lib
+from varjax.ensemble import programs
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
-from varjax import sweep
+from varjax.ensemble import grid as sweep
 from varjax.models import airbench
 
 PURPOSES = ('init', 'order', 'augment')
@@ -71,7 +71,7 @@ class Ensemble:
     self.num_models = config.num_models
     num_devices = self.mesh.devices.size
     if self.num_models % num_devices:
-      raise config_check.ConfigError(
+      raise errors.ConfigError(
           f'num_models={self.num_models} is not a multiple of the {num_devices} devices; '
           f'use a multiple of {num_devices} (e.g. '
           f'--config.num_models={-(-self.num_models // num_devices) * num_devices}).')
@@ -93,7 +93,7 @@ class Ensemble:
     if chunk is None:
       chunk = self.formula_models_per_chunk
     if chunk < 1 or per_device % chunk:
-      raise config_check.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
+      raise errors.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
                                      f'{per_device} models per device.')
     self.models_per_chunk = chunk
     options.check_choice('ensemble.formulation', config.ensemble.formulation,
@@ -105,7 +105,7 @@ class Ensemble:
     self.vary = tuple(config.randomness.vary)
     unknown = set(self.vary) - set(PURPOSES)
     if unknown:
-      raise config_check.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
+      raise errors.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
                        f'choose from {PURPOSES}.')
     self.seed = config.seed
     options.check_choice('ensemble.conv_weight_grad', config.ensemble.conv_weight_grad,
@@ -115,7 +115,7 @@ class Ensemble:
     self.step_compiler_options = options.step_compiler_options(
         config.ensemble.cpu_conv_library, platform)
     if config.ensemble.conv_grad_slice < 1:
-      raise config_check.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
+      raise errors.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
                                      f'{config.ensemble.conv_grad_slice}.')
     self.model = airbench.from_config(
         config.model, dtype,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from varjax.mesh import MODELS
+from varjax.ensemble.mesh import MODELS
 
 
 def run_chunk(fn, chunk, shared, formulation, chunk_fn=None):

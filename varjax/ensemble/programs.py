@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from varjax.measures import difficulty as difficulty_lib
-from varjax import mesh as mesh_lib
+from varjax.ensemble import mesh as mesh_lib
 
 PROGRAMS = ('init', 'train_step', 'eval_outputs', 'analysis_update')
 # The step after the whitening bias froze (no gradient through that layer);
