@@ -18,9 +18,7 @@ Example:
 import ml_collections
 from ml_collections import config_dict
 
-from varjax import config_files
-
-
+from varjax.config import files as config_files
 def get_config(arg=None):
   """Returns the config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
   variant = config_files.pick_variant(__file__, arg, ('default', 'cpu', 'smoke'))

@@ -25,8 +25,7 @@ Example:
 
 import math
 
-from varjax import config_files
-
+from varjax.config import files as config_files
 SETTINGS = {  # variant: (batch sizes, the middle one, base epochs, seeds, training images)
     'default': ((256, 1024, 4096), 1024, 9.9, 32, None),
     'cpu': ((32, 128, 512), 128, 4.0, 8, 2048),

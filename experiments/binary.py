@@ -16,8 +16,7 @@ Example:
   python -m varjax.report --workdir=/tmp/binary
 """
 
-from varjax import config_files
-
+from varjax.config import files as config_files
 CAT, DOG = 3, 5
 
 

@@ -20,9 +20,7 @@ Example:
   python -m varjax.report --workdir=/tmp/epochs
 """
 
-from varjax import config_files
-
-
+from varjax.config import files as config_files
 def get_sweep(arg=None):
   """Returns [{'name', 'values', 'config'}] for variant ``arg`` ('' | 'cpu' | 'converge' | 'converge_1k' | 'smoke')."""
   epochs = {'default': (2.0, 4.0, 6.6, 9.9), 'cpu': (1.0, 2.0, 4.0),

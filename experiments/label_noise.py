@@ -21,9 +21,7 @@ Example:
   python -m varjax.report --workdir=/tmp/label_noise
 """
 
-from varjax import config_files
-
-
+from varjax.config import files as config_files
 def get_config(arg=None):
   """Returns the label-noise config for variant ``arg`` ('' | 'cpu' | 'smoke')."""
   variant = config_files.pick_variant(__file__, arg, ('default', 'cpu', 'smoke'))

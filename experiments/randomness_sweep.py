@@ -16,8 +16,7 @@ Example:
   python -m varjax.report --workdir=/tmp/sources
 """
 
-from varjax import config_files
-
+from varjax.config import files as config_files
 SOURCES = {'init': ('init',), 'order': ('order',), 'augment': ('augment',),
            'all': ('init', 'order', 'augment')}
 

@@ -6,9 +6,8 @@ skipped without them. 45 s wall, 23 s of CPU, on 2 shared cores.
 
 import pytest
 
-from varjax import plan
-from varjax import targets
-
+from varjax.aot import plan
+from varjax.aot import targets
 from conftest import tiny_config
 
 pytest.importorskip('jax_plugins.xla_cuda12', reason="needs pip install -e '.[aot]'")

@@ -1,16 +1,15 @@
 """Config validation: every key's bad values fail in one line naming the key.
 
 The table feeds each bad value as a user would, through ``--config.KEY=VALUE``
-flag parsing (varjax/cli.py) and then ``config_check.check``. About 1 s.
+flag parsing (varjax/config/command_line.py) and then ``schema.check``. About 1 s.
 """
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from varjax import cli
-from varjax import config_check
-
+from varjax.config import command_line
+from varjax.config import schema
 from conftest import REPO, load_experiment
 
 SMOKE = f"{REPO / 'experiments' / 'airbench.py'}:smoke"
@@ -131,13 +130,13 @@ BAD = [
 
 
 def parse_and_check(*args, config=SMOKE):
-  """What the command line does with ``args``: flag parsing, then config_check.check."""
+  """What the command line does with ``args``: flag parsing, then schema.check."""
   argv = ['varjax', f'--config={config}', *args]
   flag_values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
                                            lock_config=True, sys_argv=argv)
-  cli.parse_flags(argv, flag_values)
-  config_check.check(holder.value)
+  command_line.parse_flags(argv, flag_values)
+  schema.check(holder.value)
   return holder.value
 
 
@@ -145,20 +144,20 @@ def parse_and_check(*args, config=SMOKE):
                          ids=[f'{k}={v[0]}' for k, v, _ in BAD])
 def test_bad_value_is_one_line_naming_the_key(key, values, fragment):
   value, *more = values
-  with pytest.raises(config_check.ConfigError) as e:
+  with pytest.raises(schema.ConfigError) as e:
     parse_and_check(f'--config.{key}={value}', *more)
   message = str(e.value)
   assert '\n' not in message and key in message and fragment in message, message
 
 
 def test_every_key_has_a_rule_and_a_bad_value():
-  assert set(config_check.RULES) == config_check.KNOWN_KEYS
-  assert {key for key, _, _ in BAD} | set(ANY_STRING) == config_check.KNOWN_KEYS
+  assert set(schema.RULES) == schema.KNOWN_KEYS
+  assert {key for key, _, _ in BAD} | set(ANY_STRING) == schema.KNOWN_KEYS
 
 
 @pytest.mark.parametrize('variant', ['', 'cpu', 'smoke'])
 def test_shipped_configs_are_valid(variant):
-  config_check.check(load_experiment('airbench', variant))
+  schema.check(load_experiment('airbench', variant))
 
 
 def test_overrides_of_the_right_type_pass():
@@ -178,7 +177,7 @@ def test_overrides_of_the_right_type_pass():
 ])
 def test_unknown_override_names_the_closest_key(arg, closest):
   key = arg[len('--config.'):].split('=')[0]
-  with pytest.raises(config_check.ConfigError) as e:
+  with pytest.raises(schema.ConfigError) as e:
     parse_and_check(arg)
   message = str(e.value)
   assert '\n' not in message and f"Unknown config key '{key}'" in message
@@ -188,15 +187,15 @@ def test_unknown_override_names_the_closest_key(arg, closest):
 def test_unknown_key_in_a_config_file_suggests_the_closest():
   c = load_experiment('airbench', 'smoke')
   c.opt.learning_rate = 1.0
-  with pytest.raises(config_check.ConfigError, match="opt.learning_rate.*'opt.lr"):
-    config_check.check(c)
+  with pytest.raises(schema.ConfigError, match="opt.learning_rate.*'opt.lr"):
+    schema.check(c)
 
 
 def test_other_flag_mistakes_are_one_line():
   flag_values = flags.FlagValues()
   flags.DEFINE_integer('steps', 1, '', flag_values=flag_values)
   with pytest.raises(flags.Error) as e:
-    cli.parse_flags(['varjax', '--steps=many'], flag_values)
+    command_line.parse_flags(['varjax', '--steps=many'], flag_values)
   assert '\n' not in str(e.value) and 'steps' in str(e.value)
 
 

@@ -13,14 +13,14 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 # JAX would otherwise try to start CUDA and TPU backends too.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from varjax import targets  # noqa: E402  (imports no JAX)
+from varjax.aot import targets  # noqa: E402  (imports no JAX)
 
 targets.quiet_tpu_environment()  # before libtpu loads
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from varjax import config_files  # noqa: E402
+from varjax.config import files as config_files  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _WORKSPACE_CIFAR10 = REPO.parent / 'shared' / 'data' / 'cifar10' / 'cifar-10-batches-bin'

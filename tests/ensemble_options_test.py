@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from varjax import config_check
+from varjax.config import schema
 from varjax.ensemble import options
 
 from conftest import tiny_config
@@ -29,7 +29,7 @@ def test_auto_resolves_per_platform_and_explicit_values_pass_through(resolve):
 
 def test_check_choice_names_the_key_and_the_bad_value():
   options.check_choice('ensemble.chunk_loop', 'scan', options.CHUNK_LOOPS)
-  with pytest.raises(config_check.ConfigError,
+  with pytest.raises(schema.ConfigError,
                      match=r"^ensemble.chunk_loop must be one of \('auto', 'scan', 'host'\), "
                            r"got 'loop'\.$"):
     options.check_choice('ensemble.chunk_loop', 'loop', options.CHUNK_LOOPS)
@@ -42,9 +42,9 @@ def test_check_choice_names_the_key_and_the_bad_value():
     ('compute_dtype', tuple(options.COMPUTE_DTYPES) + ('auto',))])
 def test_config_check_accepts_exactly_these_choices(key, choices):
   for value in choices:
-    config_check.check(tiny_config(**{f'ensemble.{key}': value}))
-  with pytest.raises(config_check.ConfigError, match=f'ensemble.{key}'):
-    config_check.check(tiny_config(**{f'ensemble.{key}': 'none of them'}))
+    schema.check(tiny_config(**{f'ensemble.{key}': value}))
+  with pytest.raises(schema.ConfigError, match=f'ensemble.{key}'):
+    schema.check(tiny_config(**{f'ensemble.{key}': 'none of them'}))
 
 
 def test_cpu_conv_library_sets_the_step_programs_compiler_options_on_cpu_only():

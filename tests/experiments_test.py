@@ -2,9 +2,8 @@
 
 import pytest
 
-from varjax import config_check
-from varjax import config_files
-
+from varjax.config import schema
+from varjax.config import files as config_files
 from conftest import REPO
 
 CONFIGS = {'airbench.py': ('', 'cpu', 'smoke'), 'lr_sweep.py': ('', 'cpu', 'smoke'),
@@ -16,7 +15,7 @@ SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'converge_1k', 'smoke'),
 @pytest.mark.parametrize('name,variant', [(n, v) for n, vs in CONFIGS.items() for v in vs])
 def test_config_variants_pass_the_check(name, variant):
   config = config_files.load_config(f"{REPO / 'experiments' / name}:{variant}")
-  config_check.check(config)
+  schema.check(config)
 
 
 @pytest.mark.parametrize('name,variant', [(n, v) for n, vs in SWEEPS.items() for v in vs])
@@ -24,7 +23,7 @@ def test_sweep_points_pass_the_check(name, variant):
   points = config_files.load_module(str(REPO / 'experiments' / name)).get_sweep(variant or None)
   assert len({p['name'] for p in points}) == len(points) >= 2
   for point in points:
-    config_check.check(point['config'])
+    schema.check(point['config'])
 
 
 def test_randomness_sweep_varies_one_source_per_point():

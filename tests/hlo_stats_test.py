@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from varjax import hlo_stats
-
-
+from varjax.aot import hlo_stats
 def compiled_text(fn, *shapes):
   return jax.jit(fn).trace(*shapes).lower().compile().as_text()
 

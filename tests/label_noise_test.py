@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from varjax import config_check
+from varjax.config import schema
 from varjax.data import label_noise
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
@@ -49,17 +49,17 @@ def test_corruption_is_a_function_of_seed_and_model_id_alone():
 def test_label_noise_is_a_sweep_axis():
   c = tiny_config(**{'sweep.label_noise': (0.0, 0.5, 1.0), 'sweep.seeds_per_point': 2,
                      'num_models': 6})
-  config_check.check(c)
+  schema.check(c)
   assert [p['label_noise'] for p in sweep.grid_points(c)] == [0.0, 0.5, 1.0]
   np.testing.assert_array_equal(sweep.model_hparams(c, 6)['label_noise'],
                                 np.float32([0, 0, 0.5, 0.5, 1, 1]))
   assert sweep.point_names(c) == ['noise=0', 'noise=0.5', 'noise=1']
   assert recipe_lib.Recipe.from_config(c, 64).label_noise
   assert not recipe_lib.Recipe.from_config(tiny_config(), 64).label_noise
-  with pytest.raises(config_check.ConfigError, match=r'label_noise must be a number in \[0, 1\]'):
-    config_check.check(tiny_config(**{'train.label_noise': 1.5}))
+  with pytest.raises(schema.ConfigError, match=r'label_noise must be a number in \[0, 1\]'):
+    schema.check(tiny_config(**{'train.label_noise': 1.5}))
   for variant in ('', 'cpu', 'smoke'):
-    config_check.check(load_experiment('label_noise', variant))
+    schema.check(load_experiment('label_noise', variant))
 
 
 def test_step_trains_on_the_corrupted_labels():

@@ -19,7 +19,7 @@ import sys
 
 from absl import app
 
-from varjax import cli
+from varjax.config import command_line
 from varjax import ensemble
 from varjax import main
 
@@ -45,4 +45,4 @@ def _patched(train_step):
 if __name__ == '__main__':
   ensemble.Ensemble.train_step = _patched(ensemble.Ensemble.train_step)
   sys.argv[0] = 'varjax.main'
-  app.run(main.main, flags_parser=cli.flags_parser)
+  app.run(main.main, flags_parser=command_line.flags_parser)

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from varjax import config_check
+from varjax.config import schema
 from varjax import runner
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
@@ -72,7 +72,7 @@ def test_batch_sweep_compares_equal_epochs_and_equal_steps():
   for variant in ('', 'cpu', 'smoke'):
     points = runner.load_sweep(str(REPO / 'experiments' / 'batch_sweep.py') + f':{variant}')
     for p in points:
-      config_check.check(p['config'])
+      schema.check(p['config'])
       assert p['config'].lenses.sharpness
   points = runner.load_sweep(str(REPO / 'experiments' / 'batch_sweep.py') + ':cpu')
   plans = {p['name']: recipe_lib.Recipe.from_config(p['config'], 2048) for p in points}

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from varjax import config_check
+from varjax.config import schema
 from varjax.ensemble import grid as sweep
 from conftest import load_experiment, tiny_config
 from ensemble_test import assert_models_equal, run
@@ -49,14 +49,14 @@ def test_no_sweep_is_one_group():
     ({'sweep.seeds_per_point': None}, 'seeds_per_point is unset'),
 ])
 def test_grid_and_model_count_must_fit(overrides, match):
-  with pytest.raises(config_check.ConfigError, match=match):
-    config_check.check(sweep_config(**overrides))
+  with pytest.raises(schema.ConfigError, match=match):
+    schema.check(sweep_config(**overrides))
 
 
 def test_shipped_sweep_configs_are_valid():
   for variant in ('', 'cpu', 'smoke'):
     c = load_experiment('lr_sweep', variant)
-    config_check.check(c)
+    schema.check(c)
   assert len(sweep.grid_points(load_experiment('lr_sweep', ''))) == 13
 
 

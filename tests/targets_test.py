@@ -2,9 +2,7 @@
 
 import pytest
 
-from varjax import targets
-
-
+from varjax.aot import targets
 def test_named_targets_have_the_published_shapes():
   assert targets.get('h100').num_devices == 1
   assert targets.get('h100x8').num_devices == 8

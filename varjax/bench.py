@@ -31,7 +31,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from varjax import cli
+from varjax.config import command_line
 from varjax import ensemble as ensemble_lib
 from varjax.ensemble import options as ensemble_options
 from varjax.ensemble import mesh as mesh_lib
@@ -245,4 +245,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser)
+  app.run(main, flags_parser=command_line.flags_parser)

@@ -44,8 +44,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from varjax import config_check
-
+from varjax.config import schema
 CHECKPOINT_DIR = 'checkpoints'
 MANIFEST_DIR = 'manifests'
 # Keys that may change between a run and its resume without changing its results
@@ -75,7 +74,7 @@ class CheckpointError(RuntimeError):
 
 def config_differences(saved, current):
   """'key: saved -> current' for every result-relevant key that differs."""
-  a, b = config_check.flatten(saved), config_check.flatten(current)
+  a, b = schema.flatten(saved), schema.flatten(current)
   # config.json stores tuples as lists.
   plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v
   out = []

@@ -13,8 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import checkpoint
-from varjax import cli
-from varjax import config_check
+from varjax.config import command_line
+from varjax.config import schema
 from varjax import errors
 from varjax import train
 
@@ -31,7 +31,7 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors a user can fix; reported as one line and a non-zero exit, no traceback.
-USER_ERRORS = (config_check.ConfigError, errors.DataError, train.WorkdirError,
+USER_ERRORS = (schema.ConfigError, errors.DataError, train.WorkdirError,
                checkpoint.CheckpointError)
 
 
@@ -47,13 +47,13 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
-    cli.exit_with_error(e)
+    errors.exit_with_error(e)
   except OSError as e:  # a refused write (disk full, read-only) is the user's to fix
     message = checkpoint.storage_error_message(e, _WORKDIR.value)
     if message is None:
       raise
-    cli.exit_with_error(train.WorkdirError(message))
+    errors.exit_with_error(train.WorkdirError(message))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser)
+  app.run(main, flags_parser=command_line.flags_parser)

@@ -21,8 +21,9 @@ from absl import flags
 from absl import logging
 
 from varjax import checkpoint
-from varjax import cli
-from varjax import config_files
+from varjax import errors
+from varjax.config import command_line
+from varjax.config import files as config_files
 from varjax import summary as summary_lib
 from varjax import train
 
@@ -127,12 +128,12 @@ def main(argv):
     points = load_sweep(flags.FLAGS.sweep)
     run_sweep(points, flags.FLAGS.workdir)
   except (FileNotFoundError, ValueError, checkpoint.CheckpointError, train.WorkdirError) as e:
-    cli.exit_with_error(e, 'varjax.runner')
+    errors.exit_with_error(e, 'varjax.runner')
   except OSError as e:  # a refused write (disk full, read-only): rerunning resumes
     message = checkpoint.storage_error_message(e, flags.FLAGS.workdir)
     if message is None:
       raise
-    cli.exit_with_error(train.WorkdirError(message), 'varjax.runner')
+    errors.exit_with_error(train.WorkdirError(message), 'varjax.runner')
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from varjax import analysis
 from varjax.analysis import accumulate
 from varjax import checkpoint as checkpoint_lib
-from varjax import config_check
+from varjax.config import schema
 from varjax import data as data_lib
 from varjax.training import step as step_lib
 from varjax import ensemble as ensemble_lib
@@ -149,7 +149,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   ``progress_desc``: the label of the terminal progress bar (default the
   config's name); a sweep runner names its point there.
   """
-  config_check.check(config)
+  schema.check(config)
   # Multi-process runs (jax.distributed): process 0 writes the outputs; every
   # process trains its own models and writes its part of each checkpoint.
   is_writer = jax.process_index() == 0
@@ -244,7 +244,7 @@ def train_and_evaluate(config, workdir, progress_desc=None):
   if ens.depth_k:
     size = min(config.difficulty.depth_support_size, num_train)
     if size < ens.depth_k:
-      raise config_check.ConfigError(
+      raise schema.ConfigError(
           f'difficulty.depth_k={ens.depth_k} exceeds the {size} support images (the '
           'training set is smaller than difficulty.depth_support_size); lower depth_k.')
     support = support_embeddings(ens, state, train_images[:size], config.eval.batch_size)

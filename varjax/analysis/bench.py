@@ -39,7 +39,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import analysis
-from varjax import cli
+from varjax.config import command_line
 from varjax import ensemble as ensemble_lib
 from varjax import train as train_lib
 from varjax.models import airbench
@@ -198,4 +198,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=cli.flags_parser)
+  app.run(main, flags_parser=command_line.flags_parser)

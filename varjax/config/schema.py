@@ -6,7 +6,7 @@ that relate several keys (``RELATIONS``). A mistake fails with one line naming
 the key: a typo such as ``opt.learning_rate`` with the closest known key, a bad
 value with what the key accepts.
 
-Command lines get the same one-line errors for ``--config.KEY=VALUE`` (varjax/cli.py).
+Command lines get the same one-line errors for ``--config.KEY=VALUE`` (varjax/config/command_line.py).
 
 Example:
   >>> check(config)                           # doctest: +SKIP

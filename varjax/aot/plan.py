@@ -16,14 +16,15 @@ Example:
 import os
 import time
 
+from varjax.config import schema
 from varjax import data
+from varjax import errors
 from varjax import ensemble as ensemble_lib
-from varjax import hlo_stats
+from varjax.aot import hlo_stats
 from varjax.ensemble import chunk_fit as memory_plan
 from varjax.ensemble import mesh as mesh_lib
 from varjax.ensemble import programs
-from varjax import targets
-
+from varjax.aot import targets
 def build(config, target_name):
   """The target and the Ensemble of ``config`` over its compile-only devices."""
   target = targets.get(target_name)
@@ -90,6 +91,22 @@ def describe(target, ens, program, compiled, compile_s, frozen_roofline=None):
     record['chunk_trials'] = {str(c): None if t is None else int(sum(t))
                               for c, t in ens.chunk_trials.items()}
   return record
+
+
+def plan(config, target_names, names=programs.PROGRAMS, hlo_dir=None):
+  """Yields the records of ``names`` compiled for each target, after checking every input.
+
+  A bad config, program or target name fails (ConfigError, TargetError) before any compile.
+  """
+  schema.check(config)
+  for program in names:
+    if program not in programs.ALL_PROGRAMS:
+      raise errors.ConfigError(f'Unknown program {program!r}; choose from '
+                               f'{programs.ALL_PROGRAMS}.')
+  for name in target_names:
+    targets.get(name)
+  for name in target_names:
+    yield from compile_programs(config, name, names, hlo_dir)
 
 
 def compile_programs(config, target_name, names=programs.PROGRAMS, hlo_dir=None):

@@ -6,7 +6,7 @@ r"""Compile the ensemble's programs for accelerators that are not attached, and 
 Builds the run's programs (init, the training step, one evaluation batch's
 outputs and its analysis update: ``programs.program``, the functions train runs)
 from abstract shapes only, compiles each for compile-only devices of every
-target (``varjax.targets``; ``varjax.plan`` does the work), and prints one JSON
+target (``aot/targets.py``; ``aot/plan.py`` does the work), and prints one JSON
 line per (target, program):
 
   target, program, num_devices, num_hosts; num_models, models_per_device,
@@ -35,22 +35,22 @@ import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # this host only compiles
 
-from varjax import targets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from varjax.aot import targets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 targets.quiet_tpu_environment()  # before libtpu loads
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from varjax import cli
-from varjax import config_check
-from varjax import plan
+from varjax import errors
+from varjax.aot import plan
+from varjax.config import command_line
 from varjax.ensemble import programs
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _TARGETS = flags.DEFINE_list('targets', ['h100', 'tpu-v5e:16x16'],
                              f'Targets to compile for: {", ".join(targets.known_targets())}.')
@@ -62,22 +62,10 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  try:
-    config_check.check(config)
-    for program in _PROGRAMS.value:
-      if program not in programs.ALL_PROGRAMS:
-        raise config_check.ConfigError(f'Unknown program {program!r}; choose from '
-                                       f'{programs.ALL_PROGRAMS}.')
-    for name in _TARGETS.value:
-      targets.get(name)  # unknown names fail before any compile
-    for name in _TARGETS.value:
-      for record in plan.compile_programs(config, name, _PROGRAMS.value, _HLO_DIR.value):
-        print(json.dumps(record), flush=True)
-  except (config_check.ConfigError, targets.TargetError) as e:  # bad target, config or plugin
-    print(f'varjax.aot: {type(e).__name__}: {e}', file=sys.stderr)
-    sys.exit(2)
+  with errors.exit_on_error('varjax.aot'):
+    for record in plan.plan(_CONFIG.value, _TARGETS.value, _PROGRAMS.value, _HLO_DIR.value):
+      print(json.dumps(record), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser)
+  app.run(main, flags_parser=command_line.flags_parser)

@@ -25,11 +25,9 @@ import dataclasses
 import os
 import re
 
+from varjax.errors import TargetError
+
 GIB = 2 ** 30
-
-
-class TargetError(ValueError):
-  """A target name, topology or compiler plugin that cannot give compile-only devices."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,32 +4,27 @@ ml_collections applies ``--config.KEY=VALUE`` overrides while absl parses
 ``--config``: an unknown KEY surfaces there as a KeyError traceback, a VALUE its
 key's type cannot take as a two-line flags error. ``parse_flags`` turns both
 into ConfigError naming the key (with the closest known key, or what the key
-accepts), like the errors of ``config_check.check``.
+accepts), like the errors of ``schema.check``.
 
 Example (every entry point that takes ``--config``):
-  app.run(main, flags_parser=cli.flags_parser)
+  app.run(main, flags_parser=command_line.flags_parser)
 
   $ python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/w \\
       --config.opt.lrr=1
   varjax: ConfigError: Unknown config key 'opt.lrr' (from --config.opt.lrr=1). Did you mean 'opt.lr'?
 """
 
-import os
 import re
-import sys
 
 from absl import flags
-from absl import logging
 
-from varjax import config_check
+from varjax import errors
+from varjax.config import schema
+from varjax.errors import ConfigError
+from varjax.errors import one_line
 
 _OVERRIDE = re.compile(r'^--?(\w+)\.([\w.]+)(?:=(.*))?$')
 _BAD_VALUE = re.compile(r'^flag --(\w+)\.([\w.]+)=(.*?): (.*)$', re.S)
-
-
-def one_line(text, limit=500):
-  text = ' '.join(str(text).split())
-  return text if len(text) <= limit else text[:limit] + ' ...'
 
 
 def _overrides(argv, config_flag):
@@ -43,10 +38,10 @@ def _overrides(argv, config_flag):
 
 
 def parse_flags(argv, flag_values=None, config_flag='config',
-                known_keys=config_check.KNOWN_KEYS):
+                known_keys=schema.KNOWN_KEYS):
   """Parses ``argv`` into ``flag_values`` (default absl's FLAGS); returns the rest.
 
-  Raises config_check.ConfigError, one line naming the key, for an unknown
+  Raises ConfigError, one line naming the key, for an unknown
   ``--config.KEY`` (with the closest known key) or a VALUE its key's type cannot
   take; flags.Error, one line, for any other flag mistake.
   """
@@ -57,16 +52,16 @@ def parse_flags(argv, flag_values=None, config_flag='config',
     sections = {k.rsplit('.', 1)[0] for k in known_keys if '.' in k}
     for key, arg in _overrides(argv, config_flag):
       if key not in known_keys and key not in sections:
-        raise config_check.ConfigError(
-            config_check.unknown_key_message(key, known_keys, flag=arg)) from None
-    raise config_check.ConfigError(f'--{config_flag}: {one_line(e)}') from None
+        raise ConfigError(
+            schema.unknown_key_message(key, known_keys, flag=arg)) from None
+    raise ConfigError(f'--{config_flag}: {one_line(e)}') from None
   except flags.Error as e:
     m = _BAD_VALUE.match(str(e))
     if m and m.group(1) == config_flag:
       key, value, why = m.group(2), m.group(3), one_line(m.group(4))
-      rule = config_check.RULES.get(key)
+      rule = schema.RULES.get(key)
       wants = f' ({key} must be {rule.describe})' if rule else ''
-      raise config_check.ConfigError(
+      raise ConfigError(
           f'--{config_flag}.{key}={value}: cannot read {value!r}: {why}{wants}') from None
     raise flags.Error(one_line(e)) from None
 
@@ -75,19 +70,5 @@ def flags_parser(argv):
   """For ``app.run(main, flags_parser=...)``: parse_flags; a mistake is one line, exit 2."""
   try:
     return parse_flags(argv)
-  except (config_check.ConfigError, flags.Error) as e:
-    exit_with_error(e)
-
-
-def exit_with_error(error, prog='varjax'):
-  """Prints ``error`` as one line on stderr and exits at once with status 2 (a user error).
-
-  At once (``os._exit``): a run stopped by a failed write leaves background writers
-  (orbax, TensorBoard) whose exit handlers would print more tracebacks after this
-  line, or wait for a lost process of a multi-host run.
-  """
-  name = 'FlagError' if isinstance(error, flags.Error) else type(error).__name__
-  logging.flush()
-  print(f'{prog}: {name}: {one_line(error, limit=2000)}', file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(2)  # pylint: disable=protected-access
+  except (ConfigError, flags.Error) as e:
+    errors.exit_with_error(e)
