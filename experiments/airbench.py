@@ -113,7 +113,7 @@ def get_config(arg=None):
   c.analysis.seeds_needed_alpha = 0.05
 
   # Example difficulty (varjax/measures/difficulty.py); each switch costs only when on
-  # (measured: python -m varjax.analysis.bench, BENCHMARKS.md).
+  # (measured: python -m varjax.bench.analysis, BENCHMARKS.md).
   c.difficulty = ml_collections.ConfigDict()
   # Prediction depth: k-NN probes at depth_probes (network order; the input,
   # the whitening output and every conv's output as Baldock et al. probe every
@@ -131,8 +131,8 @@ def get_config(arg=None):
   c.difficulty.forgetting = False
   c.difficulty.forgetting_probe_size = 5000
 
-  # Per-model lenses measured after training (varjax/lenses.py); each costs only
-  # when on (measured: python -m varjax.analysis.bench --lenses, BENCHMARKS.md).
+  # Per-model lenses measured after training (varjax/run/lenses.py); each costs only
+  # when on (measured: python -m varjax.bench.analysis --lenses, BENCHMARKS.md).
   c.lenses = ml_collections.ConfigDict()
   # Flatness (Lengyel et al. 2021; varjax/measures/sharpness.py): top Hessian eigenvalue by
   # power iteration and trace by Hutchinson's estimator (Rademacher probes) of the
@@ -203,7 +203,7 @@ def get_config(arg=None):
   c.sweep.seeds_per_point = config_dict.placeholder(int)
 
   # Resume: rerunning the same command on the same workdir continues from the
-  # latest checkpoint (varjax/checkpoint.py).
+  # latest checkpoint (varjax/run/checkpoint.py).
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 0  # 0: at the end of every epoch (and always at the end)
   c.checkpoint.keep = 2  # most recent checkpoints kept

@@ -115,7 +115,7 @@ def test_update_without_the_requested_extras_names_them():
     raise AssertionError('update without depth should fail')
 
 
-def test_dynamics_stats_match_numpy():
+def test_forgetting_stats_match_numpy():
   """Never-learned (never correct) pairs are counted apart, not as 0 forgetting events."""
   rng = np.random.default_rng(3)
   num_models, probes, epochs = len(GROUPS), 50, 6
@@ -131,7 +131,7 @@ def test_dynamics_stats_match_numpy():
               'learned_epoch': learned, 'cumulative_correct': correct.sum(0),
               'epochs': np.full(num_models, epochs)}
   member = member_of(np.where(np.arange(num_models) == 1, -1, GROUPS))  # model 1 diverged
-  r = jax.tree.map(np.asarray, jax.jit(difficulty.dynamics_stats)(
+  r = jax.tree.map(np.asarray, jax.jit(difficulty.forgetting_stats)(
       jax.tree.map(jnp.asarray, dynamics), jnp.asarray(member)))
   np.testing.assert_allclose(r['mean_forgetting_events'],
                              [events[m][ever[m]].mean() for m in range(num_models)], rtol=1e-6)

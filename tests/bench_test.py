@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from varjax import bench
+from varjax.bench import throughput as bench
 
 
 def test_airbench94_training_run_costs_about_036_pflop():

@@ -15,11 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from varjax import checkpoint
+from varjax import errors
+
+from varjax.run import checkpoint
 from varjax import ensemble
 from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
-from varjax import train
+from varjax.run import train
+from varjax.run import workdir as workdir_lib
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config
@@ -76,23 +79,23 @@ def test_corrupt_checkpoint_is_detected(tmp_path):
   data[len(data) // 2] ^= 0xFF
   victim.write_bytes(bytes(data))
   again = checkpoint.Checkpointer(str(tmp_path), config)
-  with pytest.raises(checkpoint.CheckpointError, match='is corrupt'):
+  with pytest.raises(errors.CheckpointError, match='is corrupt'):
     again.restore_latest(jax.tree.map(jnp.zeros_like, state), {'loss': state['bias']})
 
 
 def test_resume_with_a_different_config_names_the_fields(tmp_path):
   config = tiny_config()
-  train.prepare_workdir(str(tmp_path), config)
+  workdir_lib.prepare_workdir(str(tmp_path), config)
   os.makedirs(tmp_path / 'checkpoints' / '2')
   changed = tiny_config(**{'opt.lr': 1.0, 'train.epochs': 3.0, 'checkpoint.keep': 5})
-  with pytest.raises(checkpoint.CheckpointError) as e:
-    train.prepare_workdir(str(tmp_path), changed)
+  with pytest.raises(errors.CheckpointError) as e:
+    workdir_lib.prepare_workdir(str(tmp_path), changed)
   assert 'opt.lr' in str(e.value) and 'train.epochs' in str(e.value)
   assert 'checkpoint.keep' not in str(e.value) and '--config.overwrite' in str(e.value)
   # The same config (checkpoint settings aside) resumes; overwrite starts again.
-  train.prepare_workdir(str(tmp_path), tiny_config(**{'checkpoint.keep': 5}))
+  workdir_lib.prepare_workdir(str(tmp_path), tiny_config(**{'checkpoint.keep': 5}))
   changed.overwrite = True
-  train.prepare_workdir(str(tmp_path), changed)
+  workdir_lib.prepare_workdir(str(tmp_path), changed)
   assert not (tmp_path / 'checkpoints').exists()
   assert json.loads((tmp_path / 'config.json').read_text())['opt']['lr'] == 1.0
 
@@ -187,7 +190,7 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_a_rerun_resumes(tmp_path):
   ckpt.close()
   ckpt = checkpoint.Checkpointer(str(tmp_path), config)
   with file_size_limit(256 * 1024):
-    with pytest.raises(checkpoint.CheckpointError) as e:
+    with pytest.raises(errors.CheckpointError) as e:
       ckpt.save(3, jax.tree.map(lambda x: x * 3, state), totals)
       ckpt.close()  # the write fails in the background; reported here at the latest
   message = str(e.value)
@@ -211,12 +214,12 @@ def test_read_only_manifests_are_a_clear_error(tmp_path, monkeypatch):
   state = sharded_state()
   ckpt = checkpoint.Checkpointer(str(tmp_path), config)
 
-  def read_only(path, obj):
+  def read_only(path, obj, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
 
-  monkeypatch.setattr(checkpoint, '_write_json_atomic', read_only)
+  monkeypatch.setattr(checkpoint.files, 'write_json', read_only)
   ckpt.save(1, state, {'loss': state['bias']})
-  with pytest.raises(checkpoint.CheckpointError, match='Read-only file system') as e:
+  with pytest.raises(errors.CheckpointError, match='Read-only file system') as e:
     ckpt.close()
   assert 'the checksums' in str(e.value) and "checkpoints/1, is intact" in str(e.value)
   monkeypatch.undo()

@@ -97,15 +97,15 @@ def numpy_learned_epoch(correct):
 
 def test_learned_epoch_of_random_sequences_matches_its_definition():
   correct = np.random.default_rng(5).random((7, 200)) < 0.6
-  record = difficulty.init_dynamics(200)
-  step = jax.jit(difficulty.update_dynamics)
+  record = difficulty.init_forgetting(200)
+  step = jax.jit(difficulty.update_forgetting)
   for e, row in enumerate(correct):
     record = step(record, jnp.asarray(row))
     np.testing.assert_array_equal(record['learned_epoch'], numpy_learned_epoch(correct[:e + 1]))
   np.testing.assert_array_equal(record['forgetting_events'], (correct[:-1] & ~correct[1:]).sum(0))
 
 
-def test_dynamics_count_a_hand_built_correctness_sequence():
+def test_forgetting_records_count_a_hand_built_correctness_sequence():
   # Rows: epochs; columns: probe examples.
   correct = np.array([[1, 0, 0, 1],
                       [0, 0, 1, 1],
@@ -113,9 +113,9 @@ def test_dynamics_count_a_hand_built_correctness_sequence():
                       [0, 0, 1, 1],
                       [0, 0, 1, 1],
                       [1, 0, 1, 0]], bool)
-  record = difficulty.init_dynamics(4)
+  record = difficulty.init_forgetting(4)
   for row in correct:
-    record = jax.jit(difficulty.update_dynamics)(record, jnp.asarray(row))
+    record = jax.jit(difficulty.update_forgetting)(record, jnp.asarray(row))
   np.testing.assert_array_equal(record['forgetting_events'], [2, 0, 0, 2])
   # Learned: the epoch after which the example stays correct (-1: wrong at the end).
   np.testing.assert_array_equal(record['learned_epoch'], [6, -1, 2, -1])

@@ -36,12 +36,12 @@ def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overr
     orders = ens.orders(epoch)
     for s in steps:
       state, _ = ens.train_step(state, orders, images, labels, s)
-    state = ens.record_probes(state, images[:16], labels[:16])
+    state = ens.record_forgetting(state, images[:16], labels[:16])
   support = ens.embeddings(state, jax.numpy.asarray(images[8:24]))
   outputs = ens.eval_outputs(state, jax.numpy.asarray(images[:8]), labels[:8], support,
                              labels[8:24])
   np.testing.assert_array_equal(outputs['logits'], ens.logits(state, images[:8]))
-  outputs['dynamics'] = state['dynamics']
+  outputs['forgetting'] = state['forgetting']
   final = step_lib.final_variables(state, ens.recipe)
   return jax.tree.map(np.asarray, final), jax.tree.map(np.asarray, outputs)
 
@@ -74,7 +74,7 @@ def test_scan_chunk_loop_computes_the_same_probes(four_models):
   _, outputs4 = four_models
   _, scanned = run(4, models_per_chunk=2, **{'ensemble.chunk_loop': 'scan'})
   np.testing.assert_allclose(scanned['logits'], outputs4['logits'], rtol=1e-4, atol=1e-5)
-  for key in ('depth', 'dynamics'):
+  for key in ('depth', 'forgetting'):
     for x, y in zip(jax.tree.leaves(scanned[key]), jax.tree.leaves(outputs4[key])):
       np.testing.assert_array_equal(x, y)
 
@@ -92,7 +92,7 @@ def test_grad_of_sum_formulation_trains_the_same_models(four_models):
 def test_models_differ_when_every_source_varies(four_models):
   _, outputs = four_models
   assert not np.allclose(outputs['logits'][0], outputs['logits'][1])
-  assert int(outputs['dynamics']['epochs'][0]) == 2  # 1.5 epochs: two records
+  assert int(outputs['forgetting']['epochs'][0]) == 2  # 1.5 epochs: two records
   # Depth counts the probes (8 places by default) whose k-NN prediction disagrees last.
   assert outputs['depth'].min() >= 0 and outputs['depth'].max() <= 8
 

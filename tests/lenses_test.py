@@ -5,7 +5,7 @@ import numpy as np
 
 from varjax import analysis
 from varjax import ensemble
-from varjax import lenses
+from varjax.run import measurements
 from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
 from varjax.analysis import accumulate
@@ -14,6 +14,11 @@ from varjax.models import airbench
 from conftest import random_images, tiny_config
 
 NUM_TRAIN = 64
+PER_MODEL_KEYS = ('train_fit_accuracy', 'train_true_accuracy', 'corrupted_fraction',
+                  'corrupted_fit_accuracy', 'corrupted_true_accuracy',
+                  'sharpness_top_eigenvalue', 'sharpness_power_residual', 'sharpness_trace',
+                  'sharpness_trace_stderr', 'misalignment', 'misalignment_random_basis',
+                  'update_misalignment', 'update_misalignment_random_basis')
 LENSES = {'lenses.sharpness': True, 'lenses.sharpness_images': 16, 'lenses.batch_size': 8,
           'lenses.power_iterations': 2, 'lenses.hutchinson_probes': 2, 'lenses.alignment': True,
           'lenses.alignment_images': 8, 'lenses.alignment_components': 2,
@@ -30,14 +35,20 @@ def measured(num_models, first_model_id=0, models_per_chunk=1, **overrides):
   # At init: the lens programs are what is tested (training's independence is
   # ensemble_test's), and skipping the step keeps the test to its compiles.
   state = ens.init(step_lib.whitening_kernel_for(images, config.model))
-  values, settings, arrays = lenses.measure(ens, state, jax.numpy.asarray(images),
-                                            jax.numpy.asarray(labels), lambda t: jax.tree.map(
-                                                np.asarray, t))
+  to_host = lambda t: jax.tree.map(np.asarray, t)
+  context = measurements.Context(config, ens, jax.numpy.asarray(images),
+                                 jax.numpy.asarray(labels), to_host)
   member = accumulate.group_membership(ens.groups, int(ens.groups.max()) + 1)
   rng = np.random.default_rng(0)
-  per_model, groups, settings = lenses.summarize(
-      (values, settings, arrays), member, rng.random(num_models), rng.random((num_models, 5)),
-      config)
+  evaluation = measurements.Evaluation(
+      {'accuracy': rng.random(num_models), 'margin_quantiles': rng.random((num_models, 5))},
+      member)
+  per_model, groups, settings = {}, {}, {}
+  for m in measurements.enabled(context):
+    found = m.after_training(state, evaluation)
+    per_model.update(found.per_model)
+    groups.update(found.per_group)
+    settings.update(found.summary['lenses'])
   return per_model, groups, settings
 
 
@@ -45,8 +56,8 @@ def test_a_model_lenses_are_the_same_alone_and_in_a_mixed_noise_ensemble():
   noise = {'sweep.label_noise': (0.0, 1.0), 'sweep.seeds_per_point': 1}
   values, groups, settings = measured(2, **noise)
   alone, _, _ = measured(1, first_model_id=1, **{'train.label_noise': 1.0})
-  assert set(values) == set(lenses.PER_MODEL_KEYS)
-  for key in lenses.PER_MODEL_KEYS:
+  assert set(values) == set(PER_MODEL_KEYS)
+  for key in PER_MODEL_KEYS:
     np.testing.assert_array_equal(values[key][1:], alone[key], err_msg=key)
   assert values['corrupted_fraction'][0] == 0 and values['corrupted_fraction'][1] > 0.5
   assert np.isnan(values['corrupted_fit_accuracy'][0])

@@ -9,10 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from varjax import report
-from varjax import report_plots
-from varjax import train
+from varjax import errors
 
+from varjax import report
+from varjax.report import plots as report_plots
+from varjax.run import train
+from varjax.run import workdir as workdir_lib
 from conftest import CIFAR10_BINARY, REPO, needs_shared_data
 
 TINY = ('--config.num_models=3', '--config.model.widths=(4,8,8)',
@@ -131,7 +133,7 @@ def test_a_resumed_run_rewrites_only_the_records_it_repeats():
              {'step': 10, 'step_loss_mean': 1}, {'step': 12, 'step_loss_mean': 1},
              {'step': 12, 'epoch_seconds': 1}, {'step': 12, 'test_accuracy_mean': 0.5}]
   kept = lambda done: [i for i, r in enumerate(records)
-                       if not train.rewritten_on_resume(r, done, 12)]
+                       if not workdir_lib.rewritten_on_resume(r, done, 12)]
   assert kept(0) == []
   assert kept(8) == [0, 1]  # epoch 2 is skipped, its record kept
   assert kept(9) == [0, 1]
@@ -159,10 +161,10 @@ def test_a_model_rerun_alone_or_sharded_matches_the_ensemble(finished_run, tmp_p
   if devices == 1:  # alpha_trim is measured against the rest of the group
     for key in ('alpha_trim', 'alpha_trim_beyond_grid'):
       del want[key], other[key]
-  # Margins are reduced inside the analysis update, which XLA compiles
-  # differently for another N or mesh: equal to the last bit or two of the
-  # logits (~1e-7 absolute), which a margin near 0 cannot meet relatively.
-  for key in ('margin_median', 'margin_quantiles', 'normalized_margin_quantiles'):
+  # Margins and calibration are reduced inside the analysis update, which XLA
+  # compiles differently for another N or mesh: equal to the last bit or two of
+  # the logits (~1e-7 absolute), which a margin near 0 cannot meet relatively.
+  for key in ('margin_median', 'margin_quantiles', 'normalized_margin_quantiles', 'ece'):
     np.testing.assert_allclose(other.pop(key), want.pop(key), rtol=2e-6, atol=1e-6,
                                err_msg=key)
   assert other == want

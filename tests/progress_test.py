@@ -5,9 +5,7 @@ import re
 
 import numpy as np
 
-from varjax import progress
-
-
+from varjax.run import progress
 class Terminal(io.StringIO):
   def isatty(self):
     return True

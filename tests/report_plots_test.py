@@ -6,8 +6,7 @@ About 3 s (matplotlib draws eight figures).
 import numpy as np
 import pytest
 
-from varjax import report_plots
-
+from varjax.report import plots as report_plots
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9]
 
 

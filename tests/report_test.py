@@ -8,10 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from varjax import report
-from varjax import report_lenses
-from varjax import report_plots
-
+from varjax.report import tables as report
+from varjax.report import lenses as report_lenses
+from varjax.report import plots as report_plots
 from conftest import needs_shared_data
 from main_test import run_main
 

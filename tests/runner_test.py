@@ -4,12 +4,15 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from varjax.config import schema
-from varjax import runner
+from varjax import errors
+from varjax.run import sweep_runs as runner
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
-from varjax import summary as summary_lib
+from varjax.run import files
+from varjax.run import summary as summary_lib
 
 from conftest import REPO
 
@@ -28,7 +31,7 @@ def fake_train(calls):
                'num_models': 2, 'models': models,
                'groups': [{'group': 0, 'name': 'all models', 'values': {},
                            'mean_accuracy': 0.505 + 0.1 * e}]}
-    summary_lib.write_json_atomic(os.path.join(workdir, summary_lib.SUMMARY_FILE), summary)
+    files.write_json(os.path.join(workdir, summary_lib.SUMMARY_FILE), summary)
     np.savez(os.path.join(workdir, summary_lib.PER_EXAMPLE_FILE), labels=np.arange(4),
              example_accuracy=np.full((1, 4), e), vote_counts=np.zeros((1, 4, 10)))
 
@@ -60,12 +63,8 @@ def test_runner_merges_and_resumes_without_redoing_points(tmp_path):
 
 
 def test_bad_sweep_file_is_named(tmp_path):
-  try:
+  with pytest.raises(errors.ConfigError, match='nope.py'):
     runner.load_sweep(str(tmp_path / 'nope.py'))
-  except FileNotFoundError as e:
-    assert 'nope.py' in str(e)
-  else:
-    raise AssertionError('no error')
 
 
 def test_batch_sweep_compares_equal_epochs_and_equal_steps():

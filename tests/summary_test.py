@@ -9,7 +9,9 @@ import types
 import numpy as np
 import pytest
 
-from varjax import summary as summary_lib
+from varjax.run import files
+from varjax.run import measurements
+from varjax.run import summary as summary_lib
 
 from conftest import tiny_config
 
@@ -25,9 +27,8 @@ def test_json_value_is_floats_and_lists_with_nan_as_null():
   assert type(summary_lib.json_value(np.float32(1.5))) is float  # JSON-serialisable
 
 
-@pytest.mark.parametrize('depth', [False, True])
-def test_analysis_settings_are_the_configs(depth):
-  config = tiny_config(**{'difficulty.prediction_depth': depth})
+def test_analysis_settings_are_the_configs():
+  config = tiny_config()
   settings = summary_lib.analysis_settings(config)
   a = config.analysis
   assert settings['seeds_needed_deltas'] == list(a.seeds_needed_deltas)
@@ -35,7 +36,6 @@ def test_analysis_settings_are_the_configs(depth):
           settings['ensemble_subsets']) == (a.seeds_needed_power, a.seeds_needed_alpha,
                                             a.ensemble_subsets)
   assert settings['confidence_level'] == 0.95
-  assert settings.get('depth_probes') == (list(config.difficulty.depth_probes) if depth else None)
 
 
 def fake_results(num_models, num_groups, num_test, rng):
@@ -56,7 +56,7 @@ def fake_results(num_models, num_groups, num_test, rng):
 def test_write_summary_writes_what_report_and_runner_read(tmp_path):
   config = tiny_config(num_models=4, first_model_id=10, **SWEEP)
   groups = np.array([0, 0, 1, 1], np.int32)
-  ens = types.SimpleNamespace(config=config, groups=groups, num_models=4, num_probes=0,
+  ens = types.SimpleNamespace(config=config, groups=groups, num_models=4, num_tracked=0,
                               model_ids=np.arange(10, 14))
   rng = np.random.default_rng(0)
   results, extra = fake_results(4, 2, 5, rng), fake_results(4, 2, 3, rng)
@@ -64,8 +64,15 @@ def test_write_summary_writes_what_report_and_runner_read(tmp_path):
   diverged = np.array([-1, 7, -1, -1])
   run_info = {'name': 'tiny', 'seed': 3}
   test_labels = np.arange(5) % 10
+  lens = measurements.Measured(
+      per_model={'sharpness_trace': np.array([1.0, np.nan, 3.0, 4.0])},
+      per_group={'mean_sharpness_trace': np.array([1.0, 3.5])},
+      per_example={'probe_labels': np.arange(3)},
+      summary={'lenses': {'sharpness': {'images': 8, 'seconds': np.float64(1.5)}}})
+  other = measurements.Measured({}, {}, {}, {'lenses': {'alignment': {'images': 4}},
+                                             'depth_probes': ['input']})
   got = summary_lib.write_summary(str(tmp_path), ens, run_info, train, results, test_labels,
-                                  diverged, [('shifted', np.zeros(3), extra)])
+                                  diverged, [('shifted', np.zeros(3), extra)], (lens, other))
 
   assert sorted(p.name for p in tmp_path.iterdir()) == [summary_lib.PER_EXAMPLE_FILE,
                                                         summary_lib.SUMMARY_FILE]
@@ -94,7 +101,13 @@ def test_write_summary_writes_what_report_and_runner_read(tmp_path):
   np.testing.assert_allclose([m['test_accuracy'] for m in shifted['models']], extra['accuracy'])
   assert got['margin_quantile_levels'] == list(config.analysis.margin_quantiles)
   assert got['seeds_needed_deltas'] == list(config.analysis.seeds_needed_deltas)
-  assert 'forgetting' not in got and 'lenses' not in got
+  assert 'forgetting' not in got
+  # Measurements: values per model and group, sections merged, arrays in the npz.
+  assert [m['sharpness_trace'] for m in models] == [1.0, None, 3.0, 4.0]
+  assert [r['mean_sharpness_trace'] for r in rows] == [1.0, 3.5]
+  assert got['lenses'] == {'sharpness': {'images': 8, 'seconds': 1.5},
+                           'alignment': {'images': 4}}
+  assert got['depth_probes'] == ['input']
 
   with np.load(tmp_path / summary_lib.PER_EXAMPLE_FILE) as npz:
     np.testing.assert_array_equal(npz['labels'], test_labels)
@@ -105,11 +118,12 @@ def test_write_summary_writes_what_report_and_runner_read(tmp_path):
     np.testing.assert_array_equal(npz['prediction_depth'], results['prediction_depth'])
     np.testing.assert_array_equal(npz['shifted/example_accuracy'], extra['example_accuracy'])
     assert 'shifted/churn' not in npz  # extra sets keep their per-example arrays only
+    np.testing.assert_array_equal(npz['probe_labels'], np.arange(3))
 
 
 def test_write_json_atomic_replaces_whole_files(tmp_path):
   path = str(tmp_path / 'x.json')
-  summary_lib.write_json_atomic(path, {'a': [1, None]})
-  summary_lib.write_json_atomic(path, {'b': 2.5})
+  files.write_json(path, {'a': [1, None]})
+  files.write_json(path, {'b': 2.5})
   assert json.loads((tmp_path / 'x.json').read_text()) == {'b': 2.5}
   assert [p.name for p in tmp_path.iterdir()] == ['x.json']

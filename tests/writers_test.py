@@ -4,9 +4,7 @@ import json
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from varjax import writers
-
-
+from varjax.run import writers
 def test_metric_writer_writes_jsonl_and_tensorboard_scalars(tmp_path):
   w = writers.MetricWriter(str(tmp_path))
   w.write(10, epoch=1, train_loss=0.5, note='text', nan=float('nan'), done=True)

@@ -1,4 +1,4 @@
-r"""Command line entry point: parses flags and calls ``train.train_and_evaluate``.
+r"""Command line of one run: parses flags and calls ``run.train.train_and_evaluate``.
 
   python -m varjax.main --config=experiments/airbench.py:cpu --workdir=/tmp/run \
       [--config.num_models=32 --config.opt.lr=10.0 ...]
@@ -7,16 +7,14 @@ Multi-host: ``--coordinator_address=HOST:PORT --num_processes=P --process_id=I``
 (or the environment of a TPU pod / Slurm job with ``--distributed``).
 """
 
-import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from varjax import checkpoint
-from varjax.config import command_line
-from varjax.config import schema
 from varjax import errors
-from varjax import train
+from varjax.config import command_line
+from varjax.run import distributed
+from varjax.run import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                           lock_config=True)
@@ -30,29 +28,14 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  '(TPU pod, Slurm) without explicit addresses.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Errors a user can fix; reported as one line and a non-zero exit, no traceback.
-USER_ERRORS = (schema.ConfigError, errors.DataError, train.WorkdirError,
-               checkpoint.CheckpointError)
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value or _DISTRIBUTED.value:
-    # CPU processes (the local simulation, CPU clusters) need a collectives backend.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  with errors.exit_on_error('varjax'):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except USER_ERRORS as e:
-    errors.exit_with_error(e)
-  except OSError as e:  # a refused write (disk full, read-only) is the user's to fix
-    message = checkpoint.storage_error_message(e, _WORKDIR.value)
-    if message is None:
-      raise
-    errors.exit_with_error(train.WorkdirError(message))
 
 
 if __name__ == '__main__':

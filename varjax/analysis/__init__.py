@@ -20,11 +20,11 @@ from varjax.analysis.core import PER_MODEL_EXAMPLE_KEYS
 from varjax.analysis.core import PER_MODEL_KEYS
 from varjax.analysis.core import analyze
 from varjax.analysis.core import finalize
-from varjax.analysis.difficulty import dynamics_stats
+from varjax.analysis.difficulty import forgetting_stats
 from varjax.analysis.lenses import lens_stats
 from varjax.analysis.report import report_lines
 from varjax.analysis.variance import CI_LEVEL
 
-__all__ = ['init', 'update', 'finalize', 'analyze', 'dynamics_stats', 'lens_stats', 'report_lines', 'PER_MODEL_KEYS',
+__all__ = ['init', 'update', 'finalize', 'analyze', 'forgetting_stats', 'lens_stats', 'report_lines', 'PER_MODEL_KEYS',
            'PER_GROUP_KEYS', 'PER_EXAMPLE_KEYS', 'PAIRWISE_KEYS', 'PER_MODEL_EXAMPLE_KEYS',
            'OPTIONAL_KEYS', 'CI_LEVEL']

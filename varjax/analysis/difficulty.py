@@ -101,7 +101,7 @@ def depth_stats(depth, member, example_accuracy):
           'depth_accuracy_corr': row_correlation(depth_mean, example_accuracy)}
 
 
-def dynamics_stats(dynamics, member):
+def forgetting_stats(records, member):
   """Forgetting and learning-speed summaries from the stacked records (N, P) of training.
 
   Toneva et al. (2019) count an example that is never classified correctly as
@@ -124,20 +124,20 @@ def dynamics_stats(dynamics, member):
   got right of ``forgetting_mean`` with ``probe_accuracy``.
 
   Example:
-    >>> stats = jax.jit(dynamics_stats)(state['dynamics'], member)   # doctest: +SKIP
+    >>> stats = jax.jit(forgetting_stats)(state['forgetting'], member)   # doctest: +SKIP
   """
-  events = dynamics['forgetting_events'].astype(jnp.float32)
-  ever = (dynamics['cumulative_correct'] > 0).astype(jnp.float32)
-  learned = (dynamics['learned_epoch'] >= 0).astype(jnp.float32)
-  epochs = jnp.maximum(dynamics['epochs'], 1).astype(jnp.float32)[:, None]
+  events = records['forgetting_events'].astype(jnp.float32)
+  ever = (records['cumulative_correct'] > 0).astype(jnp.float32)
+  learned = (records['learned_epoch'] >= 0).astype(jnp.float32)
+  epochs = jnp.maximum(records['epochs'], 1).astype(jnp.float32)[:, None]
   size = member.sum(0)[:, None]
   total = lambda v: jnp.matmul(member.T, v, precision=HIGHEST)
   mean = lambda v: total(v) / jnp.maximum(size, 1)
   ratio = lambda a, b: jnp.where(b > 0, a / jnp.maximum(b, 1), jnp.nan)
   ever_count, ever_events = total(ever), total(events * ever)
   forgetting_mean = ratio(ever_events, ever_count)
-  probe_accuracy = mean(dynamics['correct'].astype(jnp.float32))
-  learned_total = total(jnp.where(learned > 0, dynamics['learned_epoch'], 0).astype(jnp.float32))
+  probe_accuracy = mean(records['correct'].astype(jnp.float32))
+  learned_total = total(jnp.where(learned > 0, records['learned_epoch'], 0).astype(jnp.float32))
   return {
       'mean_forgetting_events': ratio((events * ever).sum(1), ever.sum(1)),
       'never_learned_fraction': (1 - ever).mean(1),
@@ -145,7 +145,7 @@ def dynamics_stats(dynamics, member):
       'forgetting_mean': forgetting_mean,
       'never_learned': mean(1 - ever),
       'learned_epoch_mean': ratio(learned_total, total(learned)),
-      'cumulative_accuracy': mean(dynamics['cumulative_correct'] / epochs),
+      'cumulative_accuracy': mean(records['cumulative_correct'] / epochs),
       'probe_accuracy': probe_accuracy,
       'group_forgetting_events': ratio(ever_events.sum(1), ever_count.sum(1)),
       'group_never_learned': jnp.where(size[:, 0] >= 1, mean(1 - ever).mean(1), jnp.nan),

@@ -1,6 +1,6 @@
 """Per-model lenses across a group's models: mean, spread, and Pearson r with accuracy and margins.
 
-A lens (varjax/lenses.py: the top Hessian eigenvalue and trace, the first
+A lens (varjax/run/lenses.py: the top Hessian eigenvalue and trace, the first
 layer's misalignment, train-set accuracy under label noise) gives one number
 per model. Across a group's seeds this asks Lengyel et al.'s (2021) question
 of sharpness: does it move with the margins and with test accuracy? ``member``

@@ -7,11 +7,13 @@ Example:
 import importlib.util
 import os
 
+from varjax.errors import ConfigError
+
 
 def load_module(path):
   """The Python file at ``path`` as a fresh module."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'Experiment file {path} does not exist.')
+    raise ConfigError(f'Experiment file {path} does not exist.')
   name = 'varjax_experiment_' + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -40,6 +42,6 @@ def pick_variant(this_file, arg, choices, default='default'):
   variant = arg or default
   if variant not in choices:
     named = ', '.join("''" if c == 'default' else repr(c) for c in choices)
-    raise ValueError(f'Unknown variant {arg!r} of experiments/{os.path.basename(this_file)}; '
+    raise ConfigError(f'Unknown variant {arg!r} of experiments/{os.path.basename(this_file)}; '
                      f'choose one of {named}.')
   return variant

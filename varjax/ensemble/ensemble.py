@@ -124,8 +124,8 @@ class Ensemble:
         config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
         num_classes=cifar10.num_classes(config.data))
     self.recipe = recipe_lib.Recipe.from_config(config, num_train)
-    # Training examples [0, num_probes) are the forgetting probes (0: off).
-    self.num_probes = (min(config.difficulty.forgetting_probe_size, num_train)
+    # Training examples [0, num_tracked) have their forgetting recorded (0: off).
+    self.num_tracked = (min(config.difficulty.forgetting_probe_size, num_train)
                        if config.difficulty.forgetting else 0)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
@@ -219,12 +219,12 @@ class Ensemble:
     # Forgetting probes: the model as it stands after an epoch, without TTA.
     plain = step_lib.make_eval_logits(model, 0)
 
-    def probe_one(per_model, images, labels):
+    def forgetting_one(per_model, images, labels):
       state, = per_model
       correct = plain(step_lib.final_variables(state, recipe), images).argmax(-1) == labels
-      return difficulty_lib.update_dynamics(state['dynamics'], correct)
+      return difficulty_lib.update_forgetting(state['forgetting'], correct)
 
-    self._probe_one = probe_one
+    self._forgetting_one = forgetting_one
     # Init and orders are cheap and run once per run / epoch: always one scan.
     self._init = jax.jit(self._sharded(init_one, 2, 1))
     self._orders = jax.jit(self._sharded(order_one, 1, 1))
@@ -295,11 +295,11 @@ class Ensemble:
     """Stacked initial states of all models."""
     kernel = jax.device_put(jnp.asarray(whiten_kernel), mesh_lib.replicated(self.mesh))
     state = self._init(self.ids, self.hparams, kernel)
-    if self.num_probes:  # checkpointed and resumed with the rest of the state
-      num_models, num_probes = self.num_models, self.num_probes
-      records = jax.jit(lambda: jax.vmap(lambda _: difficulty_lib.init_dynamics(num_probes))(
+    if self.num_tracked:  # checkpointed and resumed with the rest of the state
+      num_models, num_tracked = self.num_models, self.num_tracked
+      records = jax.jit(lambda: jax.vmap(lambda _: difficulty_lib.init_forgetting(num_tracked))(
           jnp.arange(num_models)), out_shardings=mesh_lib.model_sharding(self.mesh))
-      state['dynamics'] = records()
+      state['forgetting'] = records()
     return state
 
   def orders(self, epoch):
@@ -349,10 +349,10 @@ class Ensemble:
     run = self._per_model('eval_outputs', self._outputs_one, 1 + len(support), 3)
     return run(state, *support, images, labels, support_labels)
 
-  def record_probes(self, state, images, labels):
+  def record_forgetting(self, state, images, labels):
     """``state`` with each model's forgetting record updated by one epoch's probe correctness."""
-    dynamics = self._per_model('probes', self._probe_one, 1, 2)(state, images, labels)
-    return {**state, 'dynamics': dynamics}
+    records = self._per_model('forgetting', self._forgetting_one, 1, 2)(state, images, labels)
+    return {**state, 'forgetting': records}
 
   def analysis_init(self, num_examples, num_classes, groups=None, analysis_config=None):
     """Empty analysis accumulators (host-built) for evaluating every model on

@@ -36,9 +36,9 @@ def abstract_state(ens):
   """ShapeDtypeStructs (model-sharded) of the stacked states ``ens.init`` returns."""
   fn, args = program(ens, 'init')
   shapes = jax.eval_shape(fn, *args)
-  if ens.num_probes:
-    shapes['dynamics'] = jax.eval_shape(jax.vmap(
-        lambda _: difficulty_lib.init_dynamics(ens.num_probes)), jnp.arange(ens.num_models))
+  if ens.num_tracked:
+    shapes['forgetting'] = jax.eval_shape(jax.vmap(
+        lambda _: difficulty_lib.init_forgetting(ens.num_tracked)), jnp.arange(ens.num_models))
   return _models_axis(ens, shapes)
 
 

@@ -15,7 +15,7 @@ the analysis (varjax/analysis/difficulty.py) aggregates them across models.
   dividing by the root of h's total variance over the test set (done by the
   analysis) makes it invariant to the embedding's scale.
 - Forgetting (Toneva et al. 2019) and learning speed (Jiang et al. 2021): the
-  correctness of a fixed probe subset of training examples after every epoch;
+  correctness of a fixed subset of training examples after every epoch;
   an example is learned from the epoch after which it stays correct.
 
 Example:
@@ -99,8 +99,8 @@ def feature_margin(logits, head, head_scale, labels):
   return gap / (head_scale * jnp.linalg.norm(direction, axis=0))
 
 
-def init_dynamics(num_probes):
-  """One model's empty training-dynamics record over ``num_probes`` probe examples.
+def init_forgetting(num_tracked):
+  """One model's empty forgetting record over ``num_tracked`` training examples.
 
   ``correct`` after the latest epoch (0/1), ``forgetting_events`` (correct ->
   incorrect transitions), ``learned_epoch`` (the 1-based epoch after which
@@ -108,32 +108,32 @@ def init_dynamics(num_probes):
   now), ``cumulative_correct`` (epochs correct; 0: never learned, which
   Toneva et al. count as forgotten infinitely often), ``epochs`` (recorded).
   """
-  zeros = jnp.zeros((num_probes,), jnp.int32)
+  zeros = jnp.zeros((num_tracked,), jnp.int32)
   return {'correct': zeros, 'forgetting_events': zeros,
-          'learned_epoch': jnp.full((num_probes,), -1, jnp.int32),
+          'learned_epoch': jnp.full((num_tracked,), -1, jnp.int32),
           'cumulative_correct': zeros, 'epochs': jnp.zeros((), jnp.int32)}
 
 
-def update_dynamics(dynamics, correct):
-  """Adds one epoch's probe correctness (P,) bool to a model's record.
+def update_forgetting(record, correct):
+  """Adds one epoch's correctness (P,) bool of the tracked examples to a model's record.
 
   Example:
-    >>> d = init_dynamics(1)
+    >>> d = init_forgetting(1)
     >>> for c in (True, False, True):
-    ...   d = update_dynamics(d, jnp.array([c]))
+    ...   d = update_forgetting(d, jnp.array([c]))
     >>> int(d['forgetting_events'][0]), int(d['learned_epoch'][0])
     (1, 3)
   """
   correct = correct.astype(jnp.int32)
-  epoch = dynamics['epochs'] + 1
-  forgotten = (dynamics['correct'] == 1) & (correct == 0)
+  epoch = record['epochs'] + 1
+  forgotten = (record['correct'] == 1) & (correct == 0)
   # Correct now: learned at the start of the current run of correct epochs.
-  learned = jnp.where(correct == 1, jnp.where(dynamics['learned_epoch'] >= 0,
-                                              dynamics['learned_epoch'], epoch), -1)
+  learned = jnp.where(correct == 1, jnp.where(record['learned_epoch'] >= 0,
+                                              record['learned_epoch'], epoch), -1)
   return {'correct': correct,
-          'forgetting_events': dynamics['forgetting_events'] + forgotten.astype(jnp.int32),
+          'forgetting_events': record['forgetting_events'] + forgotten.astype(jnp.int32),
           'learned_epoch': learned,
-          'cumulative_correct': dynamics['cumulative_correct'] + correct,
+          'cumulative_correct': record['cumulative_correct'] + correct,
           'epochs': epoch}
 
 

@@ -133,7 +133,7 @@ def make_step_parts(model, recipe, whiten_bias_live=True):
     new_state = jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new_state, old)
     new_state['diverged_at'] = jnp.where((state['diverged_at'] < 0) & ~finite,
                                          jnp.asarray(step, jnp.int32), state['diverged_at'])
-    # Keys the step does not train (e.g. 'dynamics', updated once per epoch) pass through.
+    # Keys the step does not train (e.g. 'forgetting', updated once per epoch) pass through.
     new_state = {**state, **new_state}
     metrics = {'loss': loss / recipe.batch_size,
                'accuracy': (logits.argmax(-1) == y).mean()}

@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorboardX
 
+from varjax.run import files
+
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 
@@ -55,9 +57,7 @@ def keep_records(workdir, keep):
       kept.append(line)
   if len(kept) == len(lines) and text.endswith('\n'):
     return
-  with open(path + '.tmp', 'w') as f:
-    f.write(''.join(line + '\n' for line in kept))
-  os.replace(path + '.tmp', path)
+  files.write_text(path, ''.join(line + '\n' for line in kept))
 
 
 class MetricWriter:

@@ -1,8 +1,7 @@
-r"""Tables and plots of a finished run or sweep: one row per group (grid point).
+"""Tables and plots of a finished run or sweep: one row per group (grid point).
 
-  python -m varjax.report --workdir=DIR
-
-Reads DIR/summary.json (and per_example.npz when present) and writes
+``write_report(workdir)`` (``python -m varjax.report --workdir=DIR``) reads DIR/summary.json
+(and per_example.npz when present) and writes
   report.md                      the variance table, one row per group, and one
                                  more table per extra test set (distribution shift);
   report.csv                     the same numbers, full precision, for pandas (one
@@ -21,22 +20,19 @@ and, when the run measured them (config.difficulty):
   forgetting_vs_example_accuracy.png  mean forgetting events of each probe
                                  training example vs its final accuracy p_i;
 and, when the run measured lenses (config.lenses), a "Lenses" table and the
-plots of varjax/report_lenses.py. The plots are drawn by varjax/report_plots.py.
+plots of varjax/report/lenses.py. The plots are drawn by varjax/report/plots.py.
 """
 
 import csv
 import json
 import math
 import os
-import sys
 
 import numpy as np
-from absl import app
-from absl import flags
 
-from varjax import report_lenses
-from varjax import report_plots
-
+from varjax import errors
+from varjax.report import lenses as report_lenses
+from varjax.report import plots as report_plots
 CI = 'ci'  # format of a [low, high] pair of fractions
 COLUMNS = (  # (summary key, header, format)
     ('num_models', 'models', '{:d}'),
@@ -64,7 +60,7 @@ OPTIONAL_COLUMNS = (
 def load_summary(workdir):
   path = os.path.join(workdir, 'summary.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir} holds no finished run.')
+    raise errors.WorkdirError(f'{path} does not exist: {workdir} holds no finished run.')
   with open(path) as f:
     return json.load(f)
 
@@ -236,21 +232,3 @@ def write_report(workdir):
   report_plots.plot_all(summary, per_example, workdir, swept_keys(summary['groups']))
   outputs = ['report.md', 'report.csv'] + report_plots.plot_names(summary, per_example)
   return [os.path.join(workdir, name) for name in outputs]
-
-
-def main(argv):
-  del argv
-  try:
-    paths = write_report(flags.FLAGS.workdir)
-  except FileNotFoundError as e:
-    print(f'varjax.report: {e}', file=sys.stderr)
-    sys.exit(2)
-  for path in paths:
-    print(path)
-
-
-if __name__ == '__main__':
-  # Defined here, not at import: report and runner are also imported as libraries.
-  flags.DEFINE_string('workdir', None, 'A finished run or merged sweep.')
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main)

@@ -10,8 +10,7 @@ import os
 
 import numpy as np
 
-from varjax import report_lenses
-
+from varjax.report import lenses as report_lenses
 AXIS_LABELS = {'lr': 'learning rate (decoupled units, per 1024 examples)',
                'lr_multiplier': 'learning rate / airbench default',
                'weight_decay': 'weight decay (decoupled units)',

@@ -1,4 +1,4 @@
-"""The report's lens section: sharpness vs margins, label noise and alignment (varjax/lenses.py).
+"""The report's lens section: sharpness vs margins, label noise and alignment (varjax/run/lenses.py).
 
 Reads only summary.json (the groups' and models' lens fields); report.py
 calls ``lens_lines`` for report.md and ``plot_lenses`` for the plots:

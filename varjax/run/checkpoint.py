@@ -32,6 +32,7 @@ Example:
 """
 
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import json
@@ -44,7 +45,10 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from varjax import errors
 from varjax.config import schema
+from varjax.errors import CheckpointError
+from varjax.run import files
 CHECKPOINT_DIR = 'checkpoints'
 MANIFEST_DIR = 'manifests'
 # Keys that may change between a run and its resume without changing its results
@@ -66,10 +70,6 @@ def _quiet_orbax(record):
     return True
   record.exc_info, record.exc_text = None, None
   return record.levelno >= std_logging.WARNING
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be resumed from (corrupt, another config) or written."""
 
 
 def config_differences(saved, current):
@@ -125,9 +125,17 @@ def storage_error_message(error, workdir):
           'writable, then rerun the same command.')
 
 
-def _one_line(error, limit=400):
-  text = ' '.join(f'{type(error).__name__}: {error}'.split())
-  return text if len(text) <= limit else text[:limit] + ' ...'
+@contextlib.contextmanager
+def storage_errors(workdir):
+  """Turns a write the disk or the permissions refused (an OSError) into WorkdirError,
+  one line naming the cause and the checkpoint a rerun resumes from."""
+  try:
+    yield
+  except OSError as e:
+    message = storage_error_message(e, workdir)
+    if message is None:
+      raise
+    raise errors.WorkdirError(message) from e
 
 
 def _write_cause(error):
@@ -137,18 +145,7 @@ def _write_cause(error):
   code = re.search(r"os_error_code='(\d+)'", str(error))
   if code:
     return f'[Errno {code.group(1)}] {os.strerror(int(code.group(1)))}'
-  return _one_line(error, limit=300)
-
-
-def _write_json_atomic(path, obj):
-  try:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(obj, f)
-    os.replace(path + '.tmp', path)
-  except OSError:
-    if os.path.exists(path + '.tmp'):
-      os.remove(path + '.tmp')
-    raise
+  return errors.describe(error, limit=300)
 
 
 class Checkpointer:
@@ -173,7 +170,7 @@ class Checkpointer:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
       os.makedirs(self.manifests, exist_ok=True)
     except OSError as e:
-      raise CheckpointError(storage_error_message(e, workdir) or _one_line(e)) from e
+      raise CheckpointError(storage_error_message(e, workdir) or errors.describe(e)) from e
     # Process 0 checksums finished steps on one background thread, in order.
     self._hasher = (concurrent.futures.ThreadPoolExecutor(1, 'varjax_manifests')
                     if jax.process_index() == 0 else None)
@@ -253,7 +250,7 @@ class Checkpointer:
         digests = _file_digests(os.path.join(self.directory, str(step)))
       except FileNotFoundError:
         continue
-      _write_json_atomic(path, digests)
+      files.write_json(path, digests, indent=None)
 
   def verify(self, step):
     """Raises CheckpointError if a file of ``step`` differs from its manifest."""

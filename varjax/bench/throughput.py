@@ -1,9 +1,7 @@
-r"""Throughput benchmark: the ensemble step vs the same model trained one at a time.
+"""Throughput benchmark: the ensemble step vs the same model trained one at a time.
 
-  python -m varjax.bench --config=experiments/airbench.py:cpu --models=8,32 --steps=5 \
-      [--peer="PYTHON benchmarks/torch_peer.py"]
-
-Prints one JSON line per (num_models, formulation): model-images/s of the
+``benchmark`` (the command ``python -m varjax.bench``) yields one record per
+(num_models, formulation): model-images/s of the
 ensemble and of one model at a time (same per-model batch, same jitted step),
 their ratio, compile time, MFU against a dense matmul peak measured in the
 same process, and the evaluation (+ analysis) throughput. Synthetic uint8 data:
@@ -27,28 +25,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 
-from varjax.config import command_line
 from varjax import ensemble as ensemble_lib
 from varjax.ensemble import options as ensemble_options
 from varjax.ensemble import mesh as mesh_lib
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
-_MODELS = flags.DEFINE_list('models', ['8', '32'], 'Ensemble sizes to time.')
-_FORMULATIONS = flags.DEFINE_list('formulations', ['auto'],
-                                  'ensemble.formulation values to compare.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per setting (after one warm-up).')
-_SEQUENTIAL = flags.DEFINE_bool('sequential', True, 'Also time one model at a time.')
-_EVAL = flags.DEFINE_bool('eval', True, 'Also time evaluation with the analysis kernel.')
-_REPEATS = flags.DEFINE_integer('repeats', 1, 'Timing windows per setting; the best is kept.')
-_PEER = flags.DEFINE_string('peer', None, 'Command of a peer trainer to time in the same run '
-                            '(e.g. "python benchmarks/torch_peer.py"); it must print a JSON '
-                            'line with model_images_per_s.')
-flags.mark_flags_as_required(['config'])
-
+from varjax.run import evaluate
 
 def forward_flops_per_image(widths, whiten_width=24, kernel_size=2, num_classes=10):
   """Multiply-adds x 2 of one forward pass (convs and head; elementwise ops ignored)."""
@@ -164,25 +145,26 @@ def time_peer(command, config, steps):
 
 def time_evaluation(ens, state, num_test, batch_size):
   """Model-images/s of TTA evaluation with the analysis kernel (second pass, compiled)."""
-  from varjax import train  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
   rep = mesh_lib.replicated(ens.mesh)
   images = jax.device_put(rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8), rep)
   labels = jax.device_put(rng.integers(0, 10, num_test).astype(np.int32), rep)
-  evaluate = train.make_evaluator(ens, num_test, 10, batch_size, ens.config.analysis)
+  evaluate = evaluate.make_evaluator(ens, num_test, 10, batch_size, ens.config.analysis)
   evaluate(state, images, labels)
   start = time.perf_counter()
   evaluate(state, images, labels)
   return ens.num_models * num_test / (time.perf_counter() - start)
 
 
-def main(argv):
-  del argv
-  base = _CONFIG.value
+def benchmark(base, models=(8, 32), formulations=('auto',), steps=5, sequential=True,
+              evaluation=True, repeats=1, peer=None):
+  """Yields one record per (formulation, number of models): see the module docstring.
+
+  ``peer``: the command of a peer trainer to time in the same run, or None.
+  """
   backend = jax.default_backend()
   widths = tuple(base.model.widths)
   batch = base.train.batch_size
-  steps, repeats = _STEPS.value, _REPEATS.value
   compute_dtype = ensemble_options.resolve_compute_dtype(base.ensemble.compute_dtype, backend)
   dtype = ensemble_options.COMPUTE_DTYPES[compute_dtype]
   peak = matmul_peak_flops(dtype)
@@ -192,19 +174,19 @@ def main(argv):
   epoch_images = base.data.train_size or 50_000
   # Enough training images for every timed step of both phases.
   num_train = batch * (2 * (steps * repeats + 1) + 2)
-  sequential = None
-  if _SEQUENTIAL.value:
+  sequential_rate = None
+  if sequential:
     one = base.copy_and_resolve_references()
     one.num_models, one.ensemble.models_per_chunk = 1, 1
     one.ensemble.formulation = 'unrolled'
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
     _, _, one_times = time_training(one, num_train, steps, mesh, repeats)
-    sequential = batch / run_step_seconds(one_times, fraction)
-  peer = peer_rates = None
-  if _PEER.value:
-    peer, peer_rates = time_peer(_PEER.value, base, max(steps, 10))
-  for formulation in _FORMULATIONS.value:
-    for n in map(int, _MODELS.value):
+    sequential_rate = batch / run_step_seconds(one_times, fraction)
+  peer_rate = peer_rates = None
+  if peer:
+    peer_rate, peer_rates = time_peer(peer, base, max(steps, 10))
+  for formulation in formulations:
+    for n in models:
       config = base.copy_and_resolve_references()
       config.num_models = n
       config.ensemble.formulation = formulation
@@ -223,26 +205,22 @@ def main(argv):
           'frozen_step_s': rounded(times['frozen_step_s']),
           'live_fraction': round(fraction, 4), 'step_s': round(seconds, 4),
           'ensemble_model_images_per_s': round(throughput, 1),
-          'sequential_model_images_per_s': sequential and round(sequential, 1),
-          'ratio': sequential and round(throughput / sequential, 3),
-          'peer_model_images_per_s': peer and round(peer, 1),
+          'sequential_model_images_per_s': sequential_rate and round(sequential_rate, 1),
+          'ratio': sequential_rate and round(throughput / sequential_rate, 3),
+          'peer_model_images_per_s': peer_rate and round(peer_rate, 1),
           'peer_live_frozen': peer_rates and [peer_rates['live']['model_images_per_s'],
                                               peer_rates['frozen']['model_images_per_s']],
-          'ratio_to_peer': peer and round(throughput / peer, 3),
+          'ratio_to_peer': peer_rate and round(throughput / peer_rate, 3),
           'train_gflop_per_image': round(flops / 1e9, 4),
           'achieved_tflop_per_s': round(throughput * flops / 1e12, 3),
           'peak_matmul_tflop_per_s': round(peak / 1e12, 3),
           'mfu': round(throughput * flops / peak, 4),
           'runs_per_hour': round(throughput * 3600 / (base.train.epochs * epoch_images), 1),
       }
-      if _EVAL.value:
+      if evaluation:
         num_test = min(2 * base.eval.batch_size, 10_000)
         record['eval_model_images_per_s'] = round(
             time_evaluation(ens, state, num_test, base.eval.batch_size), 1)
         record['eval_tta_level'] = base.eval.tta_level
-      print(json.dumps(record), flush=True)
+      yield record
       del state
-
-
-if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.flags_parser)

@@ -1,9 +1,6 @@
-r"""Cost of the analysis kernel against the forward pass that feeds it.
+"""Cost of the analysis kernel, the difficulty probes and the lenses against the forward pass.
 
-  python -m varjax.analysis.bench --config=experiments/airbench.py:cpu \
-      --models=16,128,512 --batch=200
-
-For each N: seconds per test batch of ``analysis.update`` (jitted, on random
+``analysis_costs`` (the command ``python -m varjax.bench.analysis``). For each N: seconds per test batch of ``analysis.update`` (jitted, on random
 logits of shape (N, batch, 10)) and of the ensemble's evaluation forward pass
 (``Ensemble.logits`` at the config's TTA level) on the same batch, their ratio,
 ``finalize``'s seconds for a 10,000-example state, and the state's bytes. One
@@ -18,7 +15,7 @@ the config's ``depth_probes`` (default: the input, the whitening output and
 every conv, 8 places) and with only the three conv groups' outputs
 (``prediction_depth_groups``), so the extra probes' cost is their difference.
 
-With ``--lenses``, one line per N and lens (config.lenses; varjax/lenses.py):
+With ``--lenses``, one line per N and lens (config.lenses; varjax/run/lenses.py):
 a call's seconds against the plain evaluation of as many images
 (``over_plain``), and the lens's whole cost per run: ``sharpness``
 (one Hessian-vector product call of ``lenses.batch_size`` images; the run
@@ -28,31 +25,21 @@ batch_size) of them), ``alignment`` (patch moments of one batch) and
 """
 
 import math
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 
 from varjax import analysis
-from varjax.config import command_line
 from varjax import ensemble as ensemble_lib
-from varjax import train as train_lib
+from varjax.measures import alignment as alignment_lib
+from varjax.measures import sharpness as sharpness_lib
+from varjax.measures import train_fit
 from varjax.models import airbench
+from varjax.run import evaluate
+from varjax.run import lenses as lenses_lib
 from varjax.training import step as step_lib
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
-_MODELS = flags.DEFINE_list('models', ['16', '128', '512'], 'Ensemble sizes.')
-_BATCH = flags.DEFINE_integer('batch', 200, 'Test images per batch.')
-_EXAMPLES = flags.DEFINE_integer('examples', 10_000, 'Test-set size n of the analysis state.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions (after one warm-up).')
-_DIFFICULTY = flags.DEFINE_bool('difficulty', True, 'Also time each example-difficulty probe.')
-_LENSES = flags.DEFINE_bool('lenses', False, 'Also time each per-model lens (config.lenses).')
-
 
 def timed(fn, repeats):
   jax.block_until_ready(fn())
@@ -85,19 +72,19 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
     support, support_labels = (), None
     if name.startswith('prediction_depth'):
       size = c.difficulty.depth_support_size
-      embed = lambda: train_lib.support_embeddings(ens, state, train_images[:size],
+      embed = lambda: evaluate.support_embeddings(ens, state, train_images[:size],
                                                    c.eval.batch_size)
       row['support_s'] = round(timed(embed, 1), 3)
       row.update(support_size=size, k=c.difficulty.depth_k,
                  probes=len(c.difficulty.depth_probes))
       support, support_labels = embed(), train_labels[:size]
     if name == 'forgetting':
-      probes = (train_images[:ens.num_probes], train_labels[:ens.num_probes])
-      row['probe_s_per_epoch'] = round(timed(lambda: ens.record_probes(state, *probes), 1), 3)
+      probes = (train_images[:ens.num_tracked], train_labels[:ens.num_tracked])
+      row['probe_s_per_epoch'] = round(timed(lambda: ens.record_forgetting(state, *probes), 1), 3)
       orders = ens.orders(0)
       step = lambda: ens.train_step(ens.init(kernel), orders, train_images, train_labels, 0)
       epoch_s = timed(step, 1) * ens.recipe.steps_per_epoch
-      row.update(num_probes=ens.num_probes, train_s_per_epoch=round(epoch_s, 2),
+      row.update(num_probes=ens.num_tracked, train_s_per_epoch=round(epoch_s, 2),
                  over_train_epoch=round(row['probe_s_per_epoch'] / epoch_s, 4))
     else:
       eval_s = timed(lambda: ens.eval_outputs(state, images, labels, support, support_labels),
@@ -109,10 +96,6 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
 
 def lens_costs(config, num_models, kernel, repeats):
   """Yields one dict per lens: a call's seconds against the plain evaluation, and per run."""
-  from varjax.measures import alignment as alignment_lib  # pylint: disable=g-import-not-at-top
-  from varjax import lenses as lenses_lib  # pylint: disable=g-import-not-at-top
-  from varjax.measures import sharpness as sharpness_lib  # pylint: disable=g-import-not-at-top
-  from varjax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.num_models = num_models
   lens = c.lenses
@@ -143,7 +126,7 @@ def lens_costs(config, num_models, kernel, repeats):
          'calls_per_run': calls, 's_per_run': round(calls * align_s, 1)}
   e = c.eval.batch_size
   counts = ens.per_model('lens_train_eval',
-                         lenses_lib.make_train_eval_one(ens.model, ens.recipe, 0), 3, 3)
+                         train_fit.make_counts_one(ens.model, ens.recipe, 0), 3, 3)
   eval_ids = jnp.arange(e, dtype=jnp.int32)
   count_s = timed(lambda: counts(state, ens.hparams, ens.ids, images[:e], labels, eval_ids),
                   repeats)
@@ -152,15 +135,16 @@ def lens_costs(config, num_models, kernel, repeats):
          'images_per_s': round(num_models * e / count_s)}
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  b, n, repeats = _BATCH.value, _EXAMPLES.value, _REPEATS.value
+def analysis_costs(config, models=(16, 128, 512), batch=200, examples=10_000, repeats=3,
+                   difficulty=True, lenses=False):
+  """Yields the records of the module docstring, for each ensemble size in ``models``."""
+  b, n = batch, examples
+  config = config.copy_and_resolve_references()
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, b).astype(np.int32))
   ids = jnp.arange(b, dtype=jnp.int32)
-  for num_models in map(int, _MODELS.value):
+  for num_models in models:
     config.num_models = num_models
     ens = ensemble_lib.Ensemble(config, num_train=1024)
     kernel = step_lib.whitening_kernel_for(np.asarray(rng.integers(
@@ -179,7 +163,7 @@ def main(argv):
     finalize = jax.jit(analysis.finalize)
     finalize_s = timed(lambda: finalize(stats), 1)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(stats))
-    print(json.dumps({
+    yield {
         'backend': jax.default_backend(), 'num_models': num_models, 'batch': b,
         'tta_level': config.eval.tta_level, 'forward_s_per_batch': round(forward_s, 4),
         'update_s_per_batch': round(update_s, 5),
@@ -187,15 +171,10 @@ def main(argv):
         'finalize_s': round(finalize_s, 2), 'num_examples': n,
         'alpha_trim_resamples': config.analysis.alpha_trim_resamples,
         'num_subsets': int(stats['subset_member'].shape[0]),
-        'state_mbytes': round(state_bytes / 2**20, 1)}), flush=True)
-    if _DIFFICULTY.value:
+        'state_mbytes': round(state_bytes / 2**20, 1)}
+    if difficulty:
       for row in difficulty_costs(config, num_models, images, labels, kernel, repeats):
-        print(json.dumps({'backend': jax.default_backend(), **row}), flush=True)
-    if _LENSES.value:
+        yield {'backend': jax.default_backend(), **row}
+    if lenses:
       for row in lens_costs(config, num_models, kernel, repeats):
-        print(json.dumps({'backend': jax.default_backend(), **row}), flush=True)
-
-
-if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=command_line.flags_parser)
+        yield {'backend': jax.default_backend(), **row}

@@ -1,0 +1,67 @@
+"""What a run's workdir may hold before it starts, and what a resumed run writes again.
+
+Example:
+  >>> prepare_workdir('/tmp/run', config)          # doctest: +SKIP
+"""
+
+import json
+import os
+import shutil
+
+import ml_collections
+
+from varjax.errors import CheckpointError
+from varjax.errors import WorkdirError
+from varjax.run import checkpoint
+from varjax.run import files
+from varjax.run import summary
+from varjax.run import writers
+
+CONFIG_FILE = 'config.json'
+
+
+def prepare_workdir(workdir, config, write=True):
+  """Checks what ``workdir`` holds against ``config``; writes config.json.
+
+  A finished run is kept unless ``config.overwrite`` (which also drops its
+  checkpoints); checkpoints of a stopped run must come from the same config.
+  Every process checks (so all raise the same error); only ``write`` ones write.
+  """
+  summary_path = os.path.join(workdir, summary.SUMMARY_FILE)
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  checkpoints = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+  if not config.overwrite:
+    if os.path.exists(summary_path):
+      raise WorkdirError(
+          f'{workdir} holds a finished run ({summary.SUMMARY_FILE} exists). Choose another '
+          '--workdir, or pass --config.overwrite=True to discard it and start again.')
+    if os.path.isdir(checkpoints) and os.path.exists(config_path):
+      with open(config_path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+      diff = checkpoint.config_differences(saved, config)
+      if diff:
+        raise CheckpointError(
+            f'{workdir} holds checkpoints of a run with a different config: ' + '; '.join(diff)
+            + '. Rerun with the original config to resume, choose another --workdir, or pass '
+            '--config.overwrite=True to start again.')
+  if not write:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  if config.overwrite:
+    for name in (summary.SUMMARY_FILE, summary.PER_EXAMPLE_FILE, writers.METRICS_FILE):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+  files.write_text(config_path, config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def rewritten_on_resume(record, done, total_steps):
+  """Whether a run resumed after ``done`` steps writes metrics ``record`` again.
+
+  It writes every record after step ``done``; resumed at the very end, it
+  re-enters the last epoch and writes its epoch and final records again.
+  """
+  step = record.get('step', total_steps + 1)
+  if step != done:
+    return step > done
+  return done == total_steps and ('epoch_seconds' in record or 'test_accuracy_mean' in record)
