@@ -189,8 +189,8 @@ def get_config(arg=None):
   c.ensemble.conv_weight_grad = 'auto'
   c.ensemble.conv_grad_slice = 16
   # Convolution kernels of the CPU training step: 'eigen' (XLA:CPU's own) or
-  # 'ynnpack' (jaxlib's default); eigen is 1.09x at airbench94 widths on 2 cores,
-  # the same at the cpu variant's. Ignored on accelerators.
+  # 'ynnpack' (jaxlib's default, which runs each convolution on one thread;
+  # BENCHMARKS.md). Ignored on accelerators.
   c.ensemble.cpu_conv_library = 'eigen'
 
   # A grid of per-model hyperparameters in one ensemble (varjax/ensemble/grid.py):
@@ -221,8 +221,8 @@ def get_config(arg=None):
     c.train.batch_size = 128
     c.train.epochs = 2
     c.train.whiten_bias_epochs = 1
-    # Measured (2 models): lr 11.5 -> 39% holdout, 23 -> 48%, 46 -> 54%; a
-    # 2-epoch schedule wants a far larger step than airbench's 10 epochs.
+    # A 2-epoch schedule wants a far larger step than airbench's 10 epochs
+    # (BENCHMARKS.md: holdout accuracy at lr 11.5, 23 and 46).
     c.opt.lr = 46.0
     c.eval.tta_level = 0
     c.eval.batch_size = 200  # XLA:CPU convs run faster per image in small batches

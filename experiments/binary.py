@@ -1,7 +1,7 @@
 r"""Two classes (cat vs dog) for the variance study's binary law (Theorem 3).
 
 For class-calibrated two-class models with independent errors the test-set
-variance is err / (2n) (SPEC §2); the report compares the observed std (with
+variance is err / (2n) (Jordan 2024, Theorem 3); the report compares the observed std (with
 its chi-squared CI) to sqrt(err / (2n)) and to the std predicted from the
 per-example accuracies.
 

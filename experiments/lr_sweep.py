@@ -1,4 +1,4 @@
-r"""The variance study's learning-rate sweep (SPEC §2) with airbench94, as one ensemble.
+r"""The variance study's learning-rate sweep (Jordan 2024) with airbench94, as one ensemble.
 
 The study swept 13 learning rates 2^-10 .. 2^2, a factor 2 apart, with its best
 at 0.5. Here the same 13 factor-2 points are multipliers of airbench94's tuned

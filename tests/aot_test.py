@@ -40,7 +40,7 @@ def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
   if target.startswith('tpu'):  # no chunk fitting: it compiles the TTA evaluation too (~40 s)
     config.ensemble.models_per_chunk = 1
   programs = ('train_step', 'analysis_update')
-  records = {r['program']: r for r in plan.compile_programs(config, target, programs)}
+  records = {r['program']: r for r in plan.plan(config, [target], programs)}
   step = records['train_step']
   assert KEYS <= set(step) and step['num_devices'] == targets.get(target).num_devices
   assert step['fits'] and step['bytes_per_device'] > 0
@@ -57,3 +57,13 @@ def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
   assert step['flops_per_step'] == pytest.approx(step['models_per_device'] * per_model, rel=0.02)
   assert step['runs_per_hour_bound'] > 0
   assert records['analysis_update']['fits']
+
+
+def test_plan_sizes_a_run_of_some_classes_at_their_share_of_the_test_set(monkeypatch):
+  # experiments/binary.py: cat vs dog, 2,000 of the official 10,000 test images.
+  seen = []
+  monkeypatch.setattr(plan, 'compile_programs',
+                      lambda config, name, names, hlo_dir: seen.append(name) or [])
+  config = tiny_config(**{'data.classes': (3, 5), 'data.test_split': 'test'})
+  assert list(plan.plan(config, ['h100'], ('eval_outputs',))) == [] and seen == ['h100']
+  assert plan.data.split_sizes(config.data) == (min(10_000, config.data.train_size), 2_000)

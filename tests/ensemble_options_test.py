@@ -27,12 +27,11 @@ def test_auto_resolves_per_platform_and_explicit_values_pass_through(resolve):
     assert {resolve(value, p) for p in PLATFORMS} == {value}
 
 
-def test_check_choice_names_the_key_and_the_bad_value():
-  options.check_choice('ensemble.chunk_loop', 'scan', options.CHUNK_LOOPS)
-  with pytest.raises(schema.ConfigError,
-                     match=r"^ensemble.chunk_loop must be one of \('auto', 'scan', 'host'\), "
-                           r"got 'loop'\.$"):
-    options.check_choice('ensemble.chunk_loop', 'loop', options.CHUNK_LOOPS)
+def test_resolve_gives_every_option_of_a_platform():
+  config = tiny_config(**{'ensemble.formulation': 'vmap', 'ensemble.conv_grad_slice': 8})
+  got = options.resolve(config.ensemble, 'gpu')
+  assert got == options.Options('vmap', 'bfloat16', 'scan', 'xla', 8, None)
+  assert got.dtype == jax.numpy.bfloat16
 
 
 @pytest.mark.parametrize('key, choices', [

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from varjax import ensemble
+from varjax import keys
 from varjax.ensemble import mesh as mesh_lib
 from varjax.training import step as step_lib
 from varjax.models import airbench
@@ -110,7 +111,7 @@ def test_num_models_must_divide_over_devices():
 
 
 def test_model_key_depends_only_on_seed_purpose_and_id():
-  k = lambda *a: jax.random.key_data(ensemble.model_key(*a))
+  k = lambda *a: jax.random.key_data(keys.model_key(*a))
   np.testing.assert_array_equal(k(0, 'init', 5, ('init',)), k(0, 'init', 5, ('init', 'order')))
   assert not np.array_equal(k(0, 'init', 5, ('init',)), k(0, 'init', 6, ('init',)))
   assert not np.array_equal(k(0, 'init', 5, ('init',)), k(1, 'init', 5, ('init',)))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from varjax import keys
 from varjax.config import schema
 from varjax.data import label_noise
 from varjax.training import recipe as recipe_lib
@@ -20,12 +21,12 @@ def test_corruption_rate_and_uniform_replacement():
   n, k = 20_000, 10
   labels = jnp.asarray(np.arange(n) % k, jnp.int32)
   same = lambda a: np.asarray(a) == np.asarray(labels)
-  np.testing.assert_array_equal(label_noise.corrupt(label_noise.noise_key(0, 1), labels, 0.0, k),
+  np.testing.assert_array_equal(label_noise.corrupt(keys.label_noise_key(0, 1), labels, 0.0, k),
                                 labels)
   # Each label is replaced with probability p by a uniform class, which keeps the
   # true class 1/K of the time: the changed share is binomial with p (1 - 1/K).
   for p in (0.3, 1.0):
-    noisy = label_noise.corrupt(label_noise.noise_key(0, 1), labels, p, k)
+    noisy = label_noise.corrupt(keys.label_noise_key(0, 1), labels, p, k)
     changed = (~same(noisy)).sum()
     assert stats.binomtest(int(changed), n, p * (1 - 1 / k)).pvalue > 1e-3
   # Random labels (p = 1): uniform over classes and independent of the true label.
@@ -37,12 +38,12 @@ def test_corruption_rate_and_uniform_replacement():
 def test_corruption_is_a_function_of_seed_and_model_id_alone():
   labels = jnp.arange(500, dtype=jnp.int32) % 10
   draw = lambda seed, model_id: np.asarray(
-      label_noise.corrupt(label_noise.noise_key(seed, model_id), labels, 0.5, 10))
+      label_noise.corrupt(keys.label_noise_key(seed, model_id), labels, 0.5, 10))
   np.testing.assert_array_equal(draw(0, 3), draw(0, 3))
   assert not np.array_equal(draw(0, 3), draw(0, 4))
   assert not np.array_equal(draw(0, 3), draw(1, 3))
   # A traced per-model fraction (as in the ensemble) gives the same labels.
-  traced = jax.jit(lambda f: label_noise.corrupt(label_noise.noise_key(0, 3), labels, f, 10))
+  traced = jax.jit(lambda f: label_noise.corrupt(keys.label_noise_key(0, 3), labels, f, 10))
   np.testing.assert_array_equal(traced(jnp.float32(0.5)), draw(0, 3))
 
 
@@ -73,7 +74,7 @@ def test_step_trains_on_the_corrupted_labels():
   hparams = jax.tree.map(lambda v: v[0], sweep.model_hparams(config, 1))
   state = step_lib.init_model_state(model, jax.random.key(0), kernel, hparams, recipe)
   order = jnp.arange(32, dtype=jnp.int32)
-  key, noise = jax.random.key(1), label_noise.noise_key(0, 0)
+  key, noise = jax.random.key(1), keys.label_noise_key(0, 0)
   noisy_step = jax.jit(step_lib.make_train_step(model, recipe))
   noisy = noisy_step(state, hparams, key, order, images, labels, 0, noise)
   corrupted = label_noise.corrupt(noise, labels, 0.5, 10)

@@ -1,4 +1,7 @@
-"""On-device variance analysis of an ensemble's test logits (SPEC §2-3).
+"""On-device variance analysis of an ensemble's test logits (Jordan 2024 and the run-to-run
+metrics around it).
+
+Pure maths: this package imports nothing else from varjax.
 
 Logits of N models arrive one test batch at a time and fold into small
 accumulators that stay on the device; only ``finalize``'s results come back.

@@ -41,8 +41,7 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       per-model metrics but joins no group statistic); default: all in group 0.
     num_groups: G; default max(groups) + 1.
     alpha_trim_resamples: resamples of the test set averaged in ``alpha_trim``
-      (each costs a pass over all N x n margins; ~70 ms for 16 x 10,000 on 2
-      CPU cores).
+      (each costs a pass over all N x n margins).
     alpha_grid: increasing trimming levels in [0, 0.5); default 0, 0.05, ..., 0.45.
     seed: seeds the alpha-trimming resamples and the ensemble subsets.
     margin_quantiles: levels of the per-model margin quantiles.

@@ -1,4 +1,9 @@
-"""Run-to-run agreement: churn, error consistency, disagreement, ensembles (SPEC §2-3).
+"""Run-to-run agreement: churn, error consistency, disagreement, ensembles.
+
+Churn and error consistency (Geirhos et al. 2020) per pair of models; the
+expected disagreement of two models of a group, which equals the expected error
+for a class-wise calibrated ensemble (Jiang et al. 2022); plurality-vote and
+mean-softmax ensembles, and their accuracy against ensemble size.
 
 Example:
   >>> pair = pairwise(both_correct, same_pred, correct, n)   # doctest: +SKIP

@@ -1,4 +1,5 @@
-"""Calibration: per-model ECE and the vote ensemble's class-aggregated error (SPEC §3).
+"""Calibration: per-model ECE (15 equal-width bins) and the vote ensemble's class-aggregated
+calibration error (Jiang et al. 2022).
 
 Example:
   >>> ece(state['ece_conf'], state['ece_correct'], n)        # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""alpha-trimming level of each model against the rest of its group (SPEC §3).
+"""alpha-trimming level of each model against the rest of its group.
 
 Banerjee et al. 2024: the smallest contamination level alpha such that a model's
 distribution of true-class margins lies within Kolmogorov distance delta of some
@@ -25,7 +25,7 @@ BEYOND_GRID = float('inf')
 
 
 def kolmogorov_tolerance(num_examples):
-  """delta = sqrt(ln(2/eps)/n) + 1/n with eps = 0.01, as in Banerjee et al. (SPEC §3).
+  """delta = sqrt(ln(2/eps)/n) + 1/n with eps = 0.01, as Banerjee et al. (2024) define it.
 
   This is sqrt(2) looser than the one-sample DKW bound sqrt(ln(2/eps)/(2n))
   (P(sup |F_n - F| > t) <= 2 exp(-2 n t^2)); kept as the paper defines it, so

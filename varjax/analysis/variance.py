@@ -1,5 +1,6 @@
 """Test-set variance of accuracy and its split into independent-error and
-distribution-wise parts (Jordan 2024, SPEC §2), per group of models, with
+distribution-wise parts (Jordan 2024, "On the variance of neural network training with
+respect to test sets and distributions", Sec. 3), per group of models, with
 chi-squared intervals for both stds.
 
 Example:
@@ -150,7 +151,7 @@ def calibrated_binary_std(mean_error, std_accuracy, group_size, n, level=CI_LEVE
   Calibration makes each example's correctness variance p_i (1 - p_i) average
   err / 2 over examples (a random run errs on x with probability 2 q (1 - q)
   when P(y = 1 | vote fraction q) = q), so the independent-error variance is
-  err / (2n); distribution-wise variance adds on top (SPEC §2). The interval
+  err / (2n); distribution-wise variance adds on top (Theorem 3). The interval
   propagates the normal interval of the mean error over the group's models.
 
   Returns ((G,) std, (G, 2) interval).

@@ -4,7 +4,7 @@ r"""Compile the ensemble's programs for accelerators that are not attached, and 
       --config.num_models=1024
 
 Builds the run's programs (init, the training step, one evaluation batch's
-outputs and its analysis update: ``programs.program``, the functions train runs)
+outputs and its analysis update: ensemble/abstract.py, the programs a run executes)
 from abstract shapes only, compiles each for compile-only devices of every
 target (``aot/targets.py``; ``aot/plan.py`` does the work), and prints one JSON
 line per (target, program):
@@ -49,12 +49,12 @@ from ml_collections import config_flags
 from varjax import errors
 from varjax.aot import plan
 from varjax.config import command_line
-from varjax.ensemble import programs
+from varjax.ensemble import abstract
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].')
 _TARGETS = flags.DEFINE_list('targets', ['h100', 'tpu-v5e:16x16'],
                              f'Targets to compile for: {", ".join(targets.known_targets())}.')
-_PROGRAMS = flags.DEFINE_list('programs', list(programs.PROGRAMS), 'Programs to compile.')
+_PROGRAMS = flags.DEFINE_list('programs', list(abstract.PROGRAMS), 'Programs to compile.')
 _HLO_DIR = flags.DEFINE_string('hlo_dir', None, 'Also write each optimised HLO module here.')
 flags.mark_flags_as_required(['config'])
 

@@ -94,7 +94,7 @@ def time_training(config, num_train, steps, mesh=None, repeats=1):
   {'live_compile_s', 'live_step_s', 'frozen_compile_s', 'frozen_step_s'} (the
   step programs before and after the whitening bias freezes; the frozen ones
   are None when the bias trains throughout)."""
-  ens = ensemble_lib.Ensemble(config, num_train, mesh)
+  ens = ensemble_lib.build(config, num_train, mesh)
   rng = np.random.default_rng(0)
   rep = mesh_lib.replicated(ens.mesh)
   images = jax.device_put(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8), rep)

@@ -1,12 +1,13 @@
 """Validation of a run's config: every key known, every value in range, before any work.
 
-The keys varjax reads are listed here (names only; defaults live in the config
-files), each with the rule its value must satisfy (``RULES``), and the checks
-that relate several keys (``RELATIONS``). A mistake fails with one line naming
+The keys varjax reads are the keys of ``RULES`` (defaults live in the
+experiment files), each with the rule its value must satisfy; the choices come
+from the modules that own them. ``RELATIONS`` check several keys at once. A mistake fails with one line naming
 the key: a typo such as ``opt.learning_rate`` with the closest known key, a bad
 value with what the key accepts.
 
-Command lines get the same one-line errors for ``--config.KEY=VALUE`` (varjax/config/command_line.py).
+Command lines get the same one-line errors for ``--config.KEY=VALUE``
+(config/command_line.py).
 
 Example:
   >>> check(config)                           # doctest: +SKIP
@@ -19,40 +20,16 @@ from typing import Any, Callable, NamedTuple
 
 from ml_collections import ConfigDict
 
+from varjax import keys
+from varjax.data import augment
 from varjax.data import cifar10
-from varjax.errors import ConfigError
 from varjax.data import sources
 from varjax.ensemble import grid
+from varjax.ensemble import options
+from varjax.errors import ConfigError
+from varjax.models import airbench
 
-KNOWN_KEYS = frozenset("""
-name variant seed num_models first_model_id overwrite
-data.source data.dir data.test_split data.holdout_size data.train_size data.verify_checksums
-data.extra_test_sets data.classes
-model.widths model.whiten_kernel_size model.whiten_eps model.whiten_num_images model.bn_eps
-model.bn_momentum model.head_scale model.gelu_approximate
-train.epochs train.batch_size train.label_smoothing train.whiten_bias_epochs train.label_noise
-opt.lr opt.weight_decay opt.momentum opt.bias_lr_scale opt.lr_reference_batch opt.warmup_frac
-opt.lr_start_factor opt.lr_end_factor
-lookahead.enabled lookahead.every_steps lookahead.decay lookahead.power
-aug.translate aug.flip
-eval.tta_level eval.batch_size
-analysis.alpha_trim_resamples analysis.seed analysis.margin_quantiles
-analysis.ensemble_subsets analysis.seeds_needed_deltas analysis.seeds_needed_power
-analysis.seeds_needed_alpha
-difficulty.prediction_depth difficulty.depth_k difficulty.depth_support_size
-difficulty.depth_probes
-difficulty.normalized_margin difficulty.forgetting difficulty.forgetting_probe_size
-lenses.sharpness lenses.sharpness_images lenses.power_iterations lenses.hutchinson_probes
-lenses.alignment lenses.alignment_images lenses.alignment_components lenses.batch_size
-lenses.train_eval_size
-randomness.vary
-ensemble.models_per_chunk ensemble.formulation ensemble.compute_dtype ensemble.chunk_loop
-ensemble.conv_weight_grad ensemble.conv_grad_slice ensemble.cpu_conv_library
-log.every_steps
-checkpoint.every_steps checkpoint.keep checkpoint.async_save
-sweep.lr_multipliers sweep.weight_decay_multipliers sweep.label_smoothings sweep.label_noise
-sweep.seeds_per_point
-""".split())
+
 
 INT32_MAX = 2**31 - 1
 
@@ -134,7 +111,6 @@ def _classes(v):
 
 
 def _probe_places(v):
-  from varjax.models import airbench  # pylint: disable=g-import-not-at-top  (imports jax)
   return (isinstance(v, (tuple, list)) and len(v) >= 1
           and list(v) == [p for p in airbench.PROBE_PLACES if p in v])
 
@@ -144,8 +120,7 @@ FRACTION = number(0, 1)
 BELOW_ONE = number(0, 1, hi_open=True)
 OPEN_FRACTION = number(0, 1, lo_open=True, hi_open=True)
 
-# One rule per key. A key added to KNOWN_KEYS needs its rule here
-# (tests/config_check_test.py checks that every known key has one).
+# One rule per key: the keys varjax reads are exactly these (KNOWN_KEYS).
 RULES = {
     'name': text(),
     'variant': text(),
@@ -189,8 +164,8 @@ RULES = {
     'lookahead.decay': FRACTION,
     'lookahead.power': number(0),
     'aug.translate': integer(0, 8),
-    'aug.flip': one_of('alternating', 'random', 'none'),
-    'eval.tta_level': one_of(0, 1, 2),
+    'aug.flip': one_of(*augment.FLIP_MODES),
+    'eval.tta_level': one_of(*augment.TTA_LEVELS),
     'eval.batch_size': integer(1),
     'analysis.alpha_trim_resamples': integer(1),
     'analysis.seed': integer(0),
@@ -217,14 +192,14 @@ RULES = {
     'lenses.alignment_components': optional(integer(1)),
     'lenses.batch_size': integer(1),
     'lenses.train_eval_size': integer(0),
-    'randomness.vary': sequence(one_of('init', 'order', 'augment'), distinct=True),
+    'randomness.vary': sequence(one_of(*keys.PURPOSES), distinct=True),
     'ensemble.models_per_chunk': optional(integer(1)),
-    'ensemble.formulation': one_of('auto', 'unrolled', 'vmap', 'grad_of_sum'),
-    'ensemble.compute_dtype': one_of('auto', 'float32', 'bfloat16'),
-    'ensemble.chunk_loop': one_of('auto', 'scan', 'host'),
-    'ensemble.conv_weight_grad': one_of('auto', 'xla', 'sliced'),
+    'ensemble.formulation': one_of(*options.FORMULATIONS),
+    'ensemble.compute_dtype': one_of('auto', *options.COMPUTE_DTYPES),
+    'ensemble.chunk_loop': one_of(*options.CHUNK_LOOPS),
+    'ensemble.conv_weight_grad': one_of(*options.CONV_WEIGHT_GRADS),
     'ensemble.conv_grad_slice': integer(1),
-    'ensemble.cpu_conv_library': one_of('eigen', 'ynnpack'),
+    'ensemble.cpu_conv_library': one_of(*options.CPU_CONV_LIBRARIES),
     'log.every_steps': integer(0),
     'checkpoint.every_steps': integer(0),
     'checkpoint.keep': integer(1),
@@ -235,6 +210,7 @@ RULES = {
     'sweep.label_noise': sequence(FRACTION),
     'sweep.seeds_per_point': optional(integer(1)),
 }
+KNOWN_KEYS = frozenset(RULES)
 
 
 def _images(c, n):

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+FLIP_MODES = ('alternating', 'random', 'none')
+TTA_LEVELS = (0, 1, 2)
 # airbench's normalisation, per channel, of [0, 1] pixels.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)

@@ -14,8 +14,7 @@ ensemble, and recomputed identically after a resume. Evaluation sets keep
 their true labels.
 
 Example:
-  >>> key = noise_key(0, 5)
-  >>> noisy = corrupt(key, jnp.arange(4) % 10, 0.0, 10)
+  >>> noisy = corrupt(jax.random.key(5), jnp.arange(4) % 10, 0.0, 10)
   >>> noisy.tolist()
   [0, 1, 2, 3]
 """
@@ -23,20 +22,11 @@ Example:
 import jax
 import jax.numpy as jnp
 
-# Folded into the seed's key: apart from ensemble.model_key's purposes (0, 1, 2).
-_NOISE_TAG = 0x6E6F6973
-
-
-def noise_key(seed, model_id):
-  """The label-noise key of one model: always per model, whatever randomness.vary says."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _NOISE_TAG), model_id)
-
-
 def corrupt(key, labels, fraction, num_classes):
   """The model's training labels: (n,) int32, each replaced with probability ``fraction``.
 
   Args:
-    key: the model's ``noise_key``.
+    key: the model's label-noise key (keys.label_noise_key).
     labels: (n,) true labels of the whole training set (position i is example i).
     fraction: probability in [0, 1] (a traced per-model value is fine).
     num_classes: K; the replacement is uniform over all K classes.

@@ -1,10 +1,10 @@
 """How many models per chunk fit on a device: a first guess, then what the compiler says.
 
 The rough formula (``activation_bytes_per_model``) only seeds the search. On an
-accelerator ``fit_models_per_chunk`` compiles the programs for a chunk size (the
-Ensemble measures its training step and evaluation batch), reads the
-executables' memory (arguments, outputs and temporaries per device), and moves
-to the largest chunk that the measured bytes per model predict will fit,
+accelerator ``fit_models_per_chunk`` compiles the programs for a chunk size
+(ensemble/build.py measures the training step and the evaluation batch), reads
+the executables' memory (arguments, outputs and temporaries per device), and
+moves to the largest chunk that the measured bytes per model predict will fit,
 compiling again to confirm (BENCHMARKS.md tabulates formula vs compiled).
 
 Example:
@@ -16,6 +16,7 @@ Example:
 
 import math
 
+import jax
 from absl import logging
 
 # Share of the device memory a chunk's step may plan to use; the rest is left
@@ -66,6 +67,13 @@ def device_memory_bytes(device):
     return (device.memory_stats() or {}).get('bytes_limit')
   except Exception:  # pylint: disable=broad-except  (backends without memory_stats)
     return None
+
+
+def local_memory_bytes(mesh):
+  """The memory limit of one of this process's devices of ``mesh`` (a remote device
+  reports nothing), or None."""
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  return device_memory_bytes(local[0]) if local else None
 
 
 def compiled_bytes(compiled):

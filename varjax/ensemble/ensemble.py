@@ -1,18 +1,20 @@
-"""N models as one program: stacked states, the 'models' mesh, the jitted ensemble step.
+"""N models as one program: stacked states, the 'models' mesh, the ensemble's programs.
 
 Every per-model array has a leading models axis sharded over all devices
 (``mesh.py``); data is replicated. Inside ``shard_map`` each device runs its
 own models in chunks of ``models_per_chunk`` (``chunk_loop.py``: a scan or a
 host loop; 'unrolled', 'vmap' or 'grad_of_sum' within a chunk), the choices
-that 'auto' makes per platform in ``ensemble_options.py``.
+that 'auto' makes per platform in ``options.py``.
 
-The programs are built from abstract shapes for any mesh (``programs.py``,
-``varjax.aot``); arrays are placed only when a program first runs.
+The programs are built from the config and the mesh alone, for any devices
+(real, fake CPU, or compile-only: ``abstract.py``, ``varjax.aot``); each is
+compiled once and its executable reused (``programs.py``). The model ids and
+hyperparameters go onto the devices only when a program first runs.
 
 Independence: model ``first_model_id + k`` takes its init, data order and
-augmentation keys from ``(seed, id)`` alone (``model_key``), and nothing couples
-two models, so a model's results do not depend on N, on its chunk, or on the
-device count. On CPU they are bit-identical (tests/ensemble_test.py).
+augmentation keys from ``(seed, id)`` alone (varjax/keys.py), and nothing
+couples two models, so a model's results do not depend on N, on its chunk, or
+on the device count. On CPU they are bit-identical (tests/ensemble_test.py).
 
 Example:
   >>> ens = Ensemble(config, num_train=40_000)                       # doctest: +SKIP
@@ -20,143 +22,95 @@ Example:
   >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)  # doctest: +SKIP
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from varjax import analysis
-from varjax.ensemble import chunk_loop as chunk_loop_lib
-from varjax import errors
+from varjax import keys
 from varjax.data import cifar10
-from varjax.measures import difficulty as difficulty_lib
-from varjax.ensemble import options
-from varjax.data import label_noise
-from varjax.ensemble import chunk_fit as memory_plan
+from varjax.ensemble import chunk_fit
+from varjax.ensemble import chunk_loop as chunk_loop_lib
+from varjax.ensemble import grid
 from varjax.ensemble import mesh as mesh_lib
+from varjax.ensemble import options as options_lib
 from varjax.ensemble import programs
+from varjax.errors import ConfigError
+from varjax.measures import difficulty as difficulty_lib
+from varjax.models import airbench
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
-from varjax.ensemble import grid as sweep
-from varjax.models import airbench
-
-PURPOSES = ('init', 'order', 'augment')
-
-
-def model_key(seed, purpose, model_id, vary):
-  """The key of one model for one purpose; shared by all models unless ``purpose`` varies."""
-  base = jax.random.fold_in(jax.random.key(seed), PURPOSES.index(purpose))
-  return jax.random.fold_in(base, model_id) if purpose in vary else base
 
 
 class Ensemble:
   """The programs of an ensemble run, and the arrays that parameterise them once placed.
 
-  The programs (init, orders, train step, evaluation outputs, analysis update)
-  are built from the config and the mesh alone, for any devices: real, fake
-  CPU, or compile-only (``varjax.aot``); ``programs.program(ens, name)`` gives
-  each one's jitted function with its abstract arguments. The model ids and
-  hyperparameters go onto the devices only when a program first runs.
-
-  ``memory_bytes``: per-device memory for choosing ``models_per_chunk``
-  (default: what the device reports). With ``ensemble.models_per_chunk`` unset
-  on an accelerator the chunk is fitted to the compiled train step and
-  evaluation batch (``memory_plan.fit_models_per_chunk``).
+  ``models_per_chunk``: models per chunk of the chunk loop (default: the
+  config's, else a first guess from the activation formula and ``memory_bytes``,
+  the per-device memory, by default what this process's device reports;
+  ensemble/build.py fits it to the compiled programs on accelerators).
   """
 
-  def __init__(self, config, num_train, mesh=None, memory_bytes=None):
+  def __init__(self, config, num_train, mesh=None, models_per_chunk=None, memory_bytes=None):
     self.config = config
     self.mesh = mesh_lib.make_mesh() if mesh is None else mesh
     self.num_models = config.num_models
     num_devices = self.mesh.devices.size
-    if self.num_models % num_devices:
-      raise errors.ConfigError(
+    if self.num_models % num_devices:  # the devices, not the config, decide this
+      raise ConfigError(
           f'num_models={self.num_models} is not a multiple of the {num_devices} devices; '
           f'use a multiple of {num_devices} (e.g. '
           f'--config.num_models={-(-self.num_models // num_devices) * num_devices}).')
+    self.platform = self.mesh.devices.flat[0].platform
+    self.options = options_lib.resolve(config.ensemble, self.platform)
     per_device = self.num_models // num_devices
-    platform = self.mesh.devices.flat[0].platform
-    chunk = config.ensemble.models_per_chunk
-    if memory_bytes is None:
-      memory_bytes = memory_plan.device_memory_bytes(self.mesh.devices.flat[0])
-    self.memory_bytes = memory_bytes
-    options.check_choice('ensemble.compute_dtype', config.ensemble.compute_dtype,
-                         tuple(options.COMPUTE_DTYPES) + ('auto',))
-    self.compute_dtype = options.resolve_compute_dtype(config.ensemble.compute_dtype, platform)
-    dtype_bytes = 2 if self.compute_dtype == 'bfloat16' else 4
-    # The rough formula's choice; on accelerators only the first guess.
-    self.formula_models_per_chunk = memory_plan.default_models_per_chunk(
-        per_device, platform, memory_bytes,
-        memory_plan.activation_bytes_per_model(config.model.widths, config.train.batch_size,
-                                               dtype_bytes=dtype_bytes))
-    if chunk is None:
-      chunk = self.formula_models_per_chunk
-    if chunk < 1 or per_device % chunk:
-      raise errors.ConfigError(f'ensemble.models_per_chunk={chunk} must divide the '
-                                     f'{per_device} models per device.')
-    self.models_per_chunk = chunk
-    options.check_choice('ensemble.formulation', config.ensemble.formulation,
-                         options.FORMULATIONS)
-    self.formulation = options.resolve_formulation(config.ensemble.formulation, platform)
-    options.check_choice('ensemble.chunk_loop', config.ensemble.chunk_loop, options.CHUNK_LOOPS)
-    self.chunk_loop = options.resolve_chunk_loop(config.ensemble.chunk_loop, platform)
-    dtype = options.COMPUTE_DTYPES[self.compute_dtype]
-    self.vary = tuple(config.randomness.vary)
-    unknown = set(self.vary) - set(PURPOSES)
-    if unknown:
-      raise errors.ConfigError(f'randomness.vary has unknown sources {sorted(unknown)}; '
-                       f'choose from {PURPOSES}.')
-    self.seed = config.seed
-    options.check_choice('ensemble.conv_weight_grad', config.ensemble.conv_weight_grad,
-                         options.CONV_WEIGHT_GRADS)
-    options.check_choice('ensemble.cpu_conv_library', config.ensemble.cpu_conv_library,
-                         options.CPU_CONV_LIBRARIES)
-    self.step_compiler_options = options.step_compiler_options(
-        config.ensemble.cpu_conv_library, platform)
-    if config.ensemble.conv_grad_slice < 1:
-      raise errors.ConfigError('ensemble.conv_grad_slice must be >= 1, got '
-                                     f'{config.ensemble.conv_grad_slice}.')
+    self.formula_models_per_chunk = chunk_fit.default_models_per_chunk(
+        per_device, self.platform,
+        chunk_fit.local_memory_bytes(self.mesh) if memory_bytes is None else memory_bytes,
+        chunk_fit.activation_bytes_per_model(
+            config.model.widths, config.train.batch_size,
+            dtype_bytes=2 if self.options.compute_dtype == 'bfloat16' else 4))
+    self.models_per_chunk = (models_per_chunk or config.ensemble.models_per_chunk
+                             or self.formula_models_per_chunk)
+    if per_device % self.models_per_chunk:
+      raise ConfigError(f'ensemble.models_per_chunk={self.models_per_chunk} must divide the '
+                        f'{per_device} models per device.')
+    difficulty = config.difficulty
+    self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
     self.model = airbench.from_config(
-        config.model, dtype,
-        options.resolve_conv_weight_grad(config.ensemble.conv_weight_grad, platform),
-        config.ensemble.conv_grad_slice,
-        config.difficulty.depth_probes if config.difficulty.prediction_depth else (),
+        config.model, self.options.dtype, self.options.conv_weight_grad,
+        self.options.conv_grad_slice, difficulty.depth_probes if self.depth_k else (),
         num_classes=cifar10.num_classes(config.data))
     self.recipe = recipe_lib.Recipe.from_config(config, num_train)
     # Training examples [0, num_tracked) have their forgetting recorded (0: off).
-    self.num_tracked = (min(config.difficulty.forgetting_probe_size, num_train)
-                       if config.difficulty.forgetting else 0)
+    self.num_tracked = (min(difficulty.forgetting_probe_size, num_train)
+                        if difficulty.forgetting else 0)
+    self.seed, self.vary = config.seed, tuple(config.randomness.vary)
     self.model_ids = np.arange(config.first_model_id,
                                config.first_model_id + self.num_models, dtype=np.int32)
-    self.model_hparams = sweep.model_hparams(config, self.num_models)  # host arrays
-    self.groups = sweep.model_groups(config, self.num_models)
-    self._placed = None
-    self._zeros = {}
-    self._executables, self.compile_seconds = {}, {}
-    self.analysis_update = jax.jit(analysis.update, donate_argnums=0)
-    self._build()
-    self.chunk_trials = {}
-    # Fitted by compiling the programs (scan chunk loop) where memory is the limit.
-    if (config.ensemble.models_per_chunk is None and platform != 'cpu'
-        and memory_bytes is not None and self.chunk_loop == 'scan'):
-      self.models_per_chunk, self.chunk_trials = memory_plan.fit_models_per_chunk(
-          per_device, chunk, memory_bytes, self._chunk_bytes)
-      self._build()
+    self.model_hparams = grid.model_hparams(config, self.num_models)  # host arrays
+    self.groups = grid.model_groups(config, self.num_models)
+    self._placed, self._zeros, self._per_model_programs = None, {}, {}
+    self.analysis_update = programs.Program(
+        'analysis_update', jax.jit(analysis.update, donate_argnums=0))
+    self._init = programs.Program('init', jax.jit(self._sharded(self._init_one, 2, 1)))
+    self._orders = programs.Program('orders', jax.jit(self._sharded(self._order_one, 1, 1)))
+    # Two step programs: while the whitening bias trains, and after it froze (no
+    # gradient through the whitening layer).
+    self._steps = {live: self._step_program(live) for live in (True, False)}
 
-  def _chunk_bytes(self, chunk):
-    """(fixed, temporary) bytes per device of the larger of the train step and the
-    evaluation batch (TTA views: more images per model than a training batch)
-    compiled for ``chunk``; None when the compiler runs out of memory."""
-    self.models_per_chunk = chunk
-    self._build()
-    try:
-      return max((memory_plan.compiled_bytes(self.compile(name))
-                  for name in ('train_step', 'eval_outputs')), key=sum)
-    except jax.errors.JaxRuntimeError as e:
-      if 'RESOURCE_EXHAUSTED' in str(e):  # the compiler's own out-of-memory
-        return None
-      raise
+  # Options, as the rest of the code names them.
+  formulation = property(lambda self: self.options.formulation)
+  compute_dtype = property(lambda self: self.options.compute_dtype)
+  chunk_loop = property(lambda self: self.options.chunk_loop)
+
+  @property
+  def num_chunks(self):
+    """Chunks per device: the trip count of the chunk loop."""
+    return self.num_models // self.mesh.devices.size // self.models_per_chunk
+
+  def _key(self, purpose, model_id):
+    return keys.model_key(self.seed, purpose, model_id, self.vary)
 
   def _place(self):
     """The model ids and hyperparameters on the devices (placed once, on first use)."""
@@ -166,13 +120,8 @@ class Ensemble:
                       jax.device_put(self.model_hparams, shard))
     return self._placed
 
-  @property
-  def ids(self):
-    return self._place()[0]
-
-  @property
-  def hparams(self):
-    return self._place()[1]
+  ids = property(lambda self: self._place()[0])
+  hparams = property(lambda self: self._place()[1])
 
   def _sharded(self, fn, num_per_model, num_shared, chunk_fn=None):
     """``chunk_loop.shard_map_models`` of ``fn`` over this ensemble's mesh and chunks."""
@@ -185,67 +134,51 @@ class Ensemble:
                                            num_shared, self.formulation, chunk_fn,
                                            compiler_options)
 
-  @property
-  def num_chunks(self):
-    """Chunks per device: the trip count of the chunk loop."""
-    return self.num_models // self.mesh.devices.size // self.models_per_chunk
+  # One model's functions: (per-model arguments, *shared) -> per-model outputs.
 
-  def _build(self):
-    self._compiled = {}
-    recipe, model, seed, vary = self.recipe, self.model, self.seed, self.vary
-    key = lambda purpose, model_id: model_key(seed, purpose, model_id, vary)
+  def _init_one(self, per_model, whiten_kernel):
+    model_id, hparams = per_model
+    return step_lib.init_model_state(self.model, self._key('init', model_id), whiten_kernel,
+                                     hparams, self.recipe)
 
-    def init_one(per_model, whiten_kernel):
-      model_id, hparams = per_model
-      return step_lib.init_model_state(model, key('init', model_id), whiten_kernel,
-                                       hparams, recipe)
+  def _order_one(self, per_model, epoch):
+    model_id, = per_model
+    return jax.random.permutation(jax.random.fold_in(self._key('order', model_id), epoch),
+                                  self.recipe.num_train).astype(jnp.int32)
 
-    def order_one(per_model, epoch):
-      model_id, = per_model
-      return jax.random.permutation(jax.random.fold_in(key('order', model_id), epoch),
-                                    recipe.num_train).astype(jnp.int32)
-
-    forward = step_lib.make_eval_forward(model, recipe.tta_level)
-    self._eval_one = lambda per_model, images: forward(
-        step_lib.final_variables(per_model[0], recipe), images)[0]
-    self._embed_one = lambda per_model, images: self.embed_one(per_model[0], images)
-    difficulty = self.config.difficulty
-    self.depth_k = difficulty.depth_k if difficulty.prediction_depth else None
-    outputs = difficulty_lib.make_eval_outputs(forward, model.num_classes, model.head_scale,
-                                               self.depth_k, difficulty.normalized_margin)
-    self._outputs_one = lambda per_model, images, labels, support_labels: outputs(
-        step_lib.final_variables(per_model[0], recipe), images, labels, per_model[1:],
-        support_labels)
-    # Forgetting probes: the model as it stands after an epoch, without TTA.
-    plain = step_lib.make_eval_logits(model, 0)
-
-    def forgetting_one(per_model, images, labels):
-      state, = per_model
-      correct = plain(step_lib.final_variables(state, recipe), images).argmax(-1) == labels
-      return difficulty_lib.update_forgetting(state['forgetting'], correct)
-
-    self._forgetting_one = forgetting_one
-    # Init and orders are cheap and run once per run / epoch: always one scan.
-    self._init = jax.jit(self._sharded(init_one, 2, 1))
-    self._orders = jax.jit(self._sharded(order_one, 1, 1))
-    # Two step programs: while the whitening bias trains, and after it froze (no
-    # gradient through the whitening layer); each is compiled on first use.
-    self._steps = {live: self._step_program(key, live) for live in (True, False)}
+  def _logits_one(self, per_model, images):
+    forward = step_lib.make_eval_forward(self.model, self.recipe.tta_level)
+    return forward(step_lib.final_variables(per_model[0], self.recipe), images)[0]
 
   def embed_one(self, state, images):
     """One model's TTA-averaged pooled embeddings (b, D_l) at each depth probe place."""
     forward = step_lib.make_eval_forward(self.model, self.recipe.tta_level)
     return forward(step_lib.final_variables(state, self.recipe), images)[1]['probes']
 
-  def _step_program(self, key, whiten_bias_live):
-    """The jitted train step of every model (see ``train_step``)."""
-    recipe, model = self.recipe, self.model
+  def _outputs_one(self, per_model, images, labels, support_labels):
+    forward = step_lib.make_eval_forward(self.model, self.recipe.tta_level)
+    outputs = difficulty_lib.make_eval_outputs(
+        forward, self.model.num_classes, self.model.head_scale, self.depth_k,
+        self.config.difficulty.normalized_margin)
+    return outputs(step_lib.final_variables(per_model[0], self.recipe), images, labels,
+                   per_model[1:], support_labels)
+
+  def _forgetting_one(self, per_model, images, labels):
+    # The model as it stands after the epoch, without TTA.
+    state, = per_model
+    logits = step_lib.make_eval_logits(self.model, 0)(
+        step_lib.final_variables(state, self.recipe), images)
+    return difficulty_lib.update_forgetting(state['forgetting'], logits.argmax(-1) == labels)
+
+  def _step_program(self, whiten_bias_live):
+    """The train step of every model, as a Program (see ``train_step``)."""
+    recipe, model, seed = self.recipe, self.model, self.seed
     train_step = step_lib.make_train_step(model, recipe, whiten_bias_live)
 
     def step_one(per_model, images, labels, step):
       state, hparams, model_id, order = per_model
-      return train_step(state, hparams, key('augment', model_id), order, images, labels, step,
-                        label_noise.noise_key(self.seed, model_id))
+      return train_step(state, hparams, self._key('augment', model_id), order, images, labels,
+                        step, keys.label_noise_key(seed, model_id))
 
     step_chunk = None
     if self.formulation == 'grad_of_sum':
@@ -253,43 +186,59 @@ class Ensemble:
 
       def step_chunk(per_model, images, labels, step):  # a whole chunk in one gradient
         state, hparams, model_ids, orders = per_model
-        keys = jax.vmap(lambda i: key('augment', i))(model_ids)
-        noise_keys = jax.vmap(lambda i: label_noise.noise_key(self.seed, i))(model_ids)
-        return grad_of_sum(state, hparams, keys, orders, images, labels, step, noise_keys)
+        augment_keys = jax.vmap(lambda i: self._key('augment', i))(model_ids)
+        noise_keys = jax.vmap(lambda i: keys.label_noise_key(seed, i))(model_ids)
+        return grad_of_sum(state, hparams, augment_keys, orders, images, labels, step,
+                           noise_keys)
 
+    name = 'train_step' if whiten_bias_live else 'train_step_frozen'
+    compiler_options = self.options.step_compiler_options
     if self.chunk_loop == 'scan':
       # The state (first argument) is donated: updated in place, no second copy.
-      return jax.jit(self._sharded(step_one, 4, 3, step_chunk), donate_argnums=0,
-                     compiler_options=self.step_compiler_options)
+      return programs.Program(name, jax.jit(self._sharded(step_one, 4, 3, step_chunk),
+                                            donate_argnums=0,
+                                            compiler_options=compiler_options))
     # outputs = (state, metrics); the state is read from the outputs slice.
     from_outputs = lambda per_model: (per_model[0][0],) + tuple(per_model[1:])
-    return self._sharded_chunk(
+    return programs.Program(name, self._sharded_chunk(
         lambda per_model, *shared: step_one(from_outputs(per_model), *shared), 3, 3,
         step_chunk and (lambda chunk, *shared: step_chunk(from_outputs(chunk), *shared)),
-        self.step_compiler_options)
-
-  def _per_model(self, name, fn, num_per_model, num_shared):
-    """``fn(per_model_args, *shared)`` on every model, compiled once per ``name``.
-
-    Returns run(*args) (stacked per-model arguments first, then shared ones)
-    -> fn's outputs stacked over models: one scan, or the host chunk loop.
-    """
-    if name in self._compiled:
-      return self._compiled[name]
-    if self.chunk_loop == 'scan':
-      run = jax.jit(self._sharded(fn, num_per_model, num_shared))
-    else:
-      chunk_fn = self._sharded_chunk(lambda per_model, *shared: fn(per_model[1:], *shared),
-                                     num_per_model, num_shared)
-      # _build drops this cache whenever models_per_chunk (so num_chunks) changes.
-      run = chunk_loop_lib.host_loop(fn, chunk_fn, num_per_model, self.num_chunks, self.zeros)
-
-    self._compiled[name] = run
-    return run
+        compiler_options))
 
   def per_model(self, name, fn, num_per_model, num_shared):
-    """The per-model machinery (``_per_model``) for probes defined elsewhere (lenses.py)."""
-    return self._per_model(name, fn, num_per_model, num_shared)
+    """``fn(per_model_args, *shared)`` on every model, built once per ``name``.
+
+    Returns run(*args) (stacked per-model arguments first, then shared ones)
+    -> fn's outputs stacked over models: one scan program, or the host chunk loop.
+    """
+    if name not in self._per_model_programs:
+      if self.chunk_loop == 'scan':
+        run = programs.Program(name, jax.jit(self._sharded(fn, num_per_model, num_shared)))
+      else:
+        chunk_fn = programs.Program(name, self._sharded_chunk(
+            lambda per_model, *shared: fn(per_model[1:], *shared), num_per_model, num_shared))
+        run = chunk_loop_lib.host_loop(fn, chunk_fn, num_per_model, self.num_chunks,
+                                       self.zeros)
+      self._per_model_programs[name] = run
+    return self._per_model_programs[name]
+
+  def scan_program(self, name, num_support=0):
+    """The Program ``name`` (abstract.PROGRAMS) of the 'scan' chunk loop, for compiling
+    from abstract arguments; ``num_support``: eval_outputs' depth support sets."""
+    if self.chunk_loop != 'scan':
+      raise ValueError("Programs from abstract shapes follow the 'scan' chunk loop; set "
+                       "ensemble.chunk_loop='scan'.")
+    if name == 'eval_outputs':
+      return self.per_model('eval_outputs', self._outputs_one, 1 + num_support, 3)
+    return {'init': self._init, 'train_step': self._steps[True],
+            'train_step_frozen': self._steps[False],
+            'analysis_update': self.analysis_update}[name]
+
+  def compile_seconds(self):
+    """Seconds spent compiling this ensemble's programs, by program name."""
+    found = [self._init, self._orders, self.analysis_update, *self._steps.values(),
+             *self._per_model_programs.values()]
+    return {p.name: p.compile_seconds for p in found if isinstance(p, programs.Program)}
 
   def init(self, whiten_kernel):
     """Stacked initial states of all models."""
@@ -315,28 +264,48 @@ class Ensemble:
                                  out_shardings=mesh_lib.model_sharding(self.mesh))
     return self._zeros[key]()
 
+  def _step_calls(self, live, state, orders, images, labels, step):
+    """(program, argument tuples) of one train step: one call, or one per host-loop chunk."""
+    program, step = self._steps[live], jnp.int32(step)
+    if self.chunk_loop == 'scan':
+      return program, [(state, self.hparams, self.ids, orders, images, labels, step)]
+    outputs = (state, {'loss': self.zeros(()), 'accuracy': self.zeros(())})
+    return program, [(outputs, jnp.int32(c), self.hparams, self.ids, orders, images, labels,
+                      step) for c in range(self.num_chunks)]
+
   def train_step(self, state, orders, images, labels, step):
     """One optimiser step of every model; ``state`` is donated.
 
     Returns (state, metrics) with metrics {'loss', 'accuracy'}, each (N,).
     """
-    program = self._steps[step < self.recipe.whiten_bias_steps]
-    step = jnp.int32(step)
+    program, calls = self._step_calls(step < self.recipe.whiten_bias_steps, state, orders,
+                                      images, labels, step)
     if self.chunk_loop == 'scan':
-      return program(state, self.hparams, self.ids, orders, images, labels, step)
-    outputs = (state, {'loss': self.zeros(()), 'accuracy': self.zeros(())})
-    for chunk in range(self.num_chunks):
-      outputs = program(outputs, jnp.int32(chunk), self.hparams, self.ids, orders, images,
-                        labels, step)
+      return program(*calls[0])
+    outputs = calls[0][0]
+    for args in calls:
+      outputs = program(outputs, *args[1:])
     return outputs
+
+  def compile_steps(self, state, orders, images, labels):
+    """Compiles both training-step programs for these arguments (nothing runs), so no step
+    waits for a compile; returns the seconds it took."""
+    seconds = 0.0
+    for live in (True, False):
+      program, calls = self._step_calls(live, state, orders, images, labels, 0)
+      before = program.compile_seconds
+      program.compile(*calls[0])
+      seconds += program.compile_seconds - before
+    return seconds
 
   def logits(self, state, images):
     """(N, b, K) float32 TTA logits of every model's final weights, left on the device."""
-    return self._per_model('logits', self._eval_one, 1, 1)(state, images)
+    return self.per_model('logits', self._logits_one, 1, 1)(state, images)
 
   def embeddings(self, state, images):
     """The TTA-averaged pooled embeddings at each depth probe place: a tuple of (N, b, D_l)."""
-    return self._per_model('embeddings', self._embed_one, 1, 1)(state, images)
+    return self.per_model('embeddings', lambda p, x: self.embed_one(p[0], x), 1, 1)(
+        state, images)
 
   def eval_outputs(self, state, images, labels, support=(), support_labels=None):
     """Logits and the difficulty probes the config asks for (difficulty.make_eval_outputs).
@@ -346,12 +315,12 @@ class Ensemble:
     """
     if support_labels is None:
       support_labels = jnp.zeros((1,), jnp.int32)  # unused without depth probes
-    run = self._per_model('eval_outputs', self._outputs_one, 1 + len(support), 3)
+    run = self.per_model('eval_outputs', self._outputs_one, 1 + len(support), 3)
     return run(state, *support, images, labels, support_labels)
 
   def record_forgetting(self, state, images, labels):
-    """``state`` with each model's forgetting record updated by one epoch's probe correctness."""
-    records = self._per_model('forgetting', self._forgetting_one, 1, 2)(state, images, labels)
+    """``state`` with each model's forgetting record updated by one epoch's correctness."""
+    records = self.per_model('forgetting', self._forgetting_one, 1, 2)(state, images, labels)
     return {**state, 'forgetting': records}
 
   def analysis_init(self, num_examples, num_classes, groups=None, analysis_config=None):
@@ -367,36 +336,3 @@ class Ensemble:
         seeds_needed_power=a.seeds_needed_power, seeds_needed_alpha=a.seeds_needed_alpha,
         prediction_depth=self.depth_k is not None,
         feature_dim=self.model.widths[-1] if self.config.difficulty.normalized_margin else None)
-
-  def jitted(self, name, num_support=0):
-    """The jitted function of program ``name`` (``programs.PROGRAMS``; scan chunk loop).
-
-    ``num_support``: the prediction-depth support embeddings ``eval_outputs`` takes.
-    """
-    if self.chunk_loop != 'scan':
-      raise ValueError("Programs from abstract shapes follow the 'scan' chunk loop; set "
-                       "ensemble.chunk_loop='scan'.")
-    if name == 'eval_outputs':
-      return self._per_model('eval_outputs', self._outputs_one, 1 + num_support, 3)
-    return {'init': self._init, 'train_step': self._steps[True],
-            'train_step_frozen': self._steps[False],
-            'analysis_update': self.analysis_update}[name]
-
-  def compile(self, name, **kwargs):
-    """``programs.program(self, name, **kwargs)`` compiled for the mesh's devices.
-
-    Executables are kept per chunk size (fitting the chunk compiles the train
-    step); ``compile_seconds[(name, models_per_chunk)]``: its compile wall time.
-    """
-    # The same program whatever the kwargs that do not change it (eval: the batch).
-    shape = tuple(sorted(kwargs.items())) if name == 'analysis_update' else ()
-    if name == 'eval_outputs':
-      shape = min(self.config.eval.batch_size,
-                  kwargs.get('num_examples') or self.config.eval.batch_size)
-    key = (name, self.models_per_chunk, shape)
-    if key not in self._executables:
-      start = time.perf_counter()
-      fn, args = programs.program(self, name, **kwargs)
-      self._executables[key] = fn.trace(*args).lower().compile()
-      self.compile_seconds[name, self.models_per_chunk] = time.perf_counter() - start
-    return self._executables[key]

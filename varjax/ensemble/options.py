@@ -1,8 +1,9 @@
 """The platform-dependent ``ensemble.*`` options: their choices and what 'auto' picks.
 
-Each ``resolve_*`` maps a config value and a platform ('cpu', 'gpu', 'tpu')
-to the concrete choice; anything but 'auto' passes through. The reasons for
-each default are measured in BENCHMARKS.md.
+The choice tuples are the allowed values (config/schema.py's rules read them
+from here). ``resolve(config.ensemble, platform)`` maps the config's values and
+a platform ('cpu', 'gpu', 'tpu') to the concrete options; anything but 'auto'
+passes through. Why each default is what it is, measured: BENCHMARKS.md.
 
 Example:
   >>> resolve_formulation('auto', 'gpu')
@@ -12,27 +13,45 @@ Example:
 """
 
 import functools
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from varjax import errors
-
 FORMULATIONS = ('auto', 'unrolled', 'vmap', 'grad_of_sum')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CHUNK_LOOPS = ('auto', 'scan', 'host')
 CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
 CPU_CONV_LIBRARIES = ('eigen', 'ynnpack')
-# jaxlib 0.10.2's YNNPACK default (dots, reductions, convolutions) less convolutions.
+# XLA:CPU's YNNPACK fusion types (dots, reductions, convolutions) less convolutions.
 _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
-def check_choice(key, value, choices):
-  """Raises ConfigError unless ``value`` (of config key ``key``) is one of ``choices``."""
-  if value not in choices:
-    raise errors.ConfigError(f'{key} must be one of {choices}, got {value!r}.')
+class Options(NamedTuple):
+  """The concrete ``ensemble.*`` choices of one platform."""
+  formulation: str  # 'unrolled' | 'vmap' | 'grad_of_sum'
+  compute_dtype: str  # 'float32' | 'bfloat16'
+  chunk_loop: str  # 'scan' | 'host'
+  conv_weight_grad: str  # 'xla' | 'sliced'
+  conv_grad_slice: int
+  step_compiler_options: Optional[dict]  # XLA options of the training steps (None: defaults)
+
+  @property
+  def dtype(self) -> Any:
+    return COMPUTE_DTYPES[self.compute_dtype]
+
+
+def resolve(ensemble_config, platform):
+  """The ``Options`` that ``config.ensemble`` gives on ``platform``."""
+  e = ensemble_config
+  return Options(formulation=resolve_formulation(e.formulation, platform),
+                 compute_dtype=resolve_compute_dtype(e.compute_dtype, platform),
+                 chunk_loop=resolve_chunk_loop(e.chunk_loop, platform),
+                 conv_weight_grad=resolve_conv_weight_grad(e.conv_weight_grad, platform),
+                 conv_grad_slice=int(e.conv_grad_slice),
+                 step_compiler_options=step_compiler_options(e.cpu_conv_library, platform))
 
 
 def resolve_compute_dtype(compute_dtype, platform):
@@ -46,10 +65,10 @@ def resolve_compute_dtype(compute_dtype, platform):
 def resolve_formulation(formulation, platform):
   """'auto': what the compilers' output favours (BENCHMARKS.md, "Formulations").
 
-  CPU: unrolled (vmap's grouped convs are ~40x slower on XLA:CPU). GPU:
+  CPU: unrolled (vmap's grouped convs are far slower on XLA:CPU). GPU:
   grad_of_sum (cuDNN backward-filter kernels where vmap makes map-sized forward
   windows; the least memory and traffic of the three). TPU: vmap (the least
-  traffic; the same memory as grad_of_sum; unrolled compiles ~4x longer).
+  traffic; the same memory as grad_of_sum; unrolled compiles far longer).
   """
   if formulation == 'auto':
     return {'cpu': 'unrolled', 'gpu': 'grad_of_sum'}.get(platform, 'vmap')
@@ -57,8 +76,8 @@ def resolve_formulation(formulation, platform):
 
 
 def resolve_chunk_loop(chunk_loop, platform):
-  """'auto': 'host' on CPU (XLA:CPU runs convolutions inside a while loop up to
-  ~10x slower, measured), 'scan' elsewhere (one dispatch per step)."""
+  """'auto': 'host' on CPU (XLA:CPU runs convolutions inside a while loop several
+  times slower), 'scan' elsewhere (one dispatch per step)."""
   if chunk_loop == 'auto':
     return 'host' if platform == 'cpu' else 'scan'
   return chunk_loop
@@ -68,8 +87,7 @@ def step_compiler_options(cpu_conv_library, platform):
   """XLA compiler options of the training step programs (None: XLA's defaults).
 
   On CPU, 'eigen' leaves the convolutions to XLA:CPU's own (Eigen) kernels instead
-  of YNNPACK's, which run each convolution on one thread: 1.09x the airbench94-width
-  step on 2 cores, the same at the `cpu` variant's widths (BENCHMARKS.md). Other
+  of YNNPACK's, which run each convolution on one thread (BENCHMARKS.md). Other
   platforms ignore it, and so does a jaxlib whose XLA has no such option (then
   its defaults run, with a log line).
 

@@ -1,93 +1,48 @@
-"""An Ensemble's programs as (jitted function, abstract arguments), for compiling without data.
+"""Each ensemble program compiled once, then its executable reused.
 
-The arguments are ShapeDtypeStructs with the shardings train passes: per-model
-arrays split over the mesh's 'models' axis, data and analysis state replicated.
-``Ensemble.compile`` lowers and compiles them for the mesh's devices, real or
-compile-only (``varjax.aot``, and fitting ``models_per_chunk``).
+A ``Program`` wraps a jitted function. ``compile(*args)`` compiles it ahead of
+time for the shapes and dtypes of ``args`` (arrays, or ShapeDtypeStructs with
+shardings for compile-only devices) and keeps the executable; calling the
+program runs the kept executable for its arguments' signature, compiling on
+the first call of a new one. So the executables that fitting
+``models_per_chunk`` compiles are the ones the run executes, and a program
+compiled before training (the step after the whitening bias freezes) never
+stalls a step.
 
 Example:
-  >>> fn, args = program(ens, 'train_step')                           # doctest: +SKIP
-  >>> fn.trace(*args).lower().compile().memory_analysis()             # doctest: +SKIP
+  >>> step = Program('train_step', jax.jit(fn, donate_argnums=0))   # doctest: +SKIP
+  >>> step.compile(*abstract_args).memory_analysis()                  # doctest: +SKIP
+  >>> state, metrics = step(state, *args)                             # doctest: +SKIP
 """
 
+import time
+
 import jax
-import jax.numpy as jnp
-
-from varjax.measures import difficulty as difficulty_lib
-from varjax.ensemble import mesh as mesh_lib
-
-PROGRAMS = ('init', 'train_step', 'eval_outputs', 'analysis_update')
-# The step after the whitening bias froze (no gradient through that layer);
-# varjax.recipe compiles it alongside 'train_step' for the run's bound.
-TRAIN_STEPS = ('train_step', 'train_step_frozen')
-ALL_PROGRAMS = PROGRAMS + TRAIN_STEPS[1:]
 
 
-def _models_axis(ens, shapes):
-  shard = mesh_lib.model_sharding(ens.mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shard), shapes)
+def signature(args):
+  """What an executable is specialised to: the pytree structure, shapes and dtypes."""
+  leaves, treedef = jax.tree.flatten(args)
+  return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
 
 
-def _shared(ens, shape, dtype):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=mesh_lib.replicated(ens.mesh))
+class Program:
+  """A jitted function whose compiled executables are kept, one per argument signature."""
 
+  def __init__(self, name, jitted):
+    self.name = name
+    self.jitted = jitted
+    self.executables = {}
+    self.compile_seconds = 0.0
 
-def abstract_state(ens):
-  """ShapeDtypeStructs (model-sharded) of the stacked states ``ens.init`` returns."""
-  fn, args = program(ens, 'init')
-  shapes = jax.eval_shape(fn, *args)
-  if ens.num_tracked:
-    shapes['forgetting'] = jax.eval_shape(jax.vmap(
-        lambda _: difficulty_lib.init_forgetting(ens.num_tracked)), jnp.arange(ens.num_models))
-  return _models_axis(ens, shapes)
+  def compile(self, *args):
+    """The executable for ``args``' signature, compiled now unless it already is."""
+    key = signature(args)
+    if key not in self.executables:
+      start = time.perf_counter()
+      self.executables[key] = self.jitted.trace(*args).lower().compile()
+      self.compile_seconds += time.perf_counter() - start
+    return self.executables[key]
 
-
-def program(ens, name, num_examples=None, num_classes=None):
-  """(jitted function, abstract arguments) of program ``name`` of ``ens``.
-
-  init(ids, hparams, whitening kernel); train_step and train_step_frozen(state,
-  hparams, ids, orders, training images, labels, step); eval_outputs(state, *support,
-  images, labels, support labels) for one batch of ``eval.batch_size`` test
-  images out of ``num_examples`` (default: one batch); analysis_update(stats,
-  logits, labels, example ids, probe outputs) of that batch.
-  """
-  if name not in ALL_PROGRAMS:
-    raise ValueError(f'Unknown program {name!r}; choose from {ALL_PROGRAMS}.')
-  n, config = ens.num_models, ens.config
-  ids = _models_axis(ens, jax.ShapeDtypeStruct((n,), jnp.int32))
-  hparams = _models_axis(ens, jax.eval_shape(lambda: ens.model_hparams))
-  if name == 'init':
-    k = config.model.whiten_kernel_size
-    kernel = _shared(ens, (k, k, 3, ens.model.whiten_width), jnp.float32)
-    return ens.jitted('init'), (ids, hparams, kernel)
-  state = abstract_state(ens)
-  if name in TRAIN_STEPS:
-    num_train = ens.recipe.num_train
-    return ens.jitted(name), (
-        state, hparams, ids, _models_axis(ens, jax.ShapeDtypeStruct((n, num_train), jnp.int32)),
-        _shared(ens, (num_train, 32, 32, 3), jnp.uint8), _shared(ens, (num_train,), jnp.int32),
-        _shared(ens, (), jnp.int32))
-  num_examples = num_examples or config.eval.batch_size
-  batch = min(config.eval.batch_size, num_examples)
-  support, support_labels = (), _shared(ens, (1,), jnp.int32)
-  if ens.depth_k:
-    size = config.difficulty.depth_support_size
-    one_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
-    places = jax.eval_shape(ens.embed_one, one_state,
-                            jax.ShapeDtypeStruct((size, 32, 32, 3), jnp.uint8))
-    support = tuple(_models_axis(ens, jax.ShapeDtypeStruct((n,) + p.shape, jnp.float32))
-                    for p in places)
-    support_labels = _shared(ens, (size,), jnp.int32)
-  labels = _shared(ens, (batch,), jnp.int32)
-  eval_outputs = ens.jitted('eval_outputs', len(support))
-  eval_args = (state, *support, _shared(ens, (batch, 32, 32, 3), jnp.uint8), labels,
-               support_labels)
-  if name == 'eval_outputs':
-    return eval_outputs, eval_args
-  outputs = _models_axis(ens, jax.eval_shape(eval_outputs, *eval_args))
-  logits = outputs.pop('logits')
-  num_classes = num_classes or ens.model.num_classes
-  stats = jax.eval_shape(lambda: ens.analysis_init(num_examples, num_classes))
-  stats = jax.tree.map(lambda s: _shared(ens, s.shape, s.dtype), stats)
-  return ens.jitted('analysis_update'), (stats, logits, labels, _shared(ens, (batch,), jnp.int32),
-                                         outputs)
+  def __call__(self, *args):
+    return self.compile(*args)(*args)

@@ -46,24 +46,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varjax import keys
 from varjax.data import augment
 from varjax.data import label_noise as label_noise_lib
 from varjax.training import step as step_lib
 
 FROZEN = ('whiten_kernel',)
-_SHARPNESS_TAG = 0x73686172
 
 
 def split_trainable(params):
   """(trainable, frozen) halves of a model's params dict."""
   return ({k: v for k, v in params.items() if k not in FROZEN},
           {k: v for k, v in params.items() if k in FROZEN})
-
-
-def vector_key(seed, model_id, index):
-  """Key of one model's random vector: index 0 starts power iteration, 1 + p is probe p."""
-  base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHARPNESS_TAG), model_id)
-  return jax.random.fold_in(base, index)
 
 
 def random_like(key, template, kind):
@@ -157,7 +151,7 @@ def make_hvp_one(model, recipe, seed, num_images):
     state, hparams, model_id, vector = per_model
     variables = step_lib.final_variables(state, recipe)
     if recipe.label_noise:
-      labels = label_noise_lib.corrupt(label_noise_lib.noise_key(seed, model_id), labels,
+      labels = label_noise_lib.corrupt(keys.label_noise_key(seed, model_id), labels,
                                        hparams['label_noise'], model.num_classes)
     y = labels[example_ids]
     x = augment.normalize(images_u8, model.dtype)

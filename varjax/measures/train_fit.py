@@ -12,6 +12,7 @@ Example:
 
 import jax.numpy as jnp
 
+from varjax import keys
 from varjax.data import label_noise
 from varjax.training import step as step_lib
 
@@ -30,7 +31,7 @@ def make_counts_one(model, recipe, seed):
     state, hparams, model_id = per_model
     trained_on = labels
     if recipe.label_noise:
-      trained_on = label_noise.corrupt(label_noise.noise_key(seed, model_id), labels,
+      trained_on = label_noise.corrupt(keys.label_noise_key(seed, model_id), labels,
                                        hparams['label_noise'], model.num_classes)
     pred = forward(step_lib.final_variables(state, recipe), images_u8).argmax(-1)
     y_true, y_train = labels[example_ids], trained_on[example_ids]

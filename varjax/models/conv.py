@@ -1,12 +1,9 @@
 """3x3 'SAME' convolution with a choice of kernel-gradient algorithm.
 
-XLA:CPU's kernel gradient slows down superlinearly with the batch: for
-airbench's first 3x3 conv (31x31 maps, 24 -> 16 channels, 2 cores) it takes
-~19 ms at batch 64 but 345-420 ms at batch 256. 'sliced' sums XLA's kernel
-gradients over slices of ``slice_size`` images (42 ms for the batch of 256 in
-slices of 16; BENCHMARKS.md). The forward pass and the input gradient are XLA's
-convolution either way. (A 9-matmul kernel gradient was tried and dropped: 204
-ms at batch 256, slower than XLA's at batch 128.)
+XLA:CPU's kernel gradient slows down superlinearly with the batch (the patch
+tensors fall out of cache). 'sliced' sums XLA's kernel gradients over slices of
+``slice_size`` images, each small enough to stay fast (BENCHMARKS.md). The
+forward pass and the input gradient are XLA's convolution either way.
 
 Example:
   >>> y = conv3x3(x, kernel, weight_grad='sliced', slice_size=16)   # doctest: +SKIP

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from varjax import analysis
+from varjax import keys
 from varjax.analysis import alignment as alignment_stats
 from varjax.ensemble import mesh as mesh_lib
 from varjax.measures import alignment as alignment_lib
@@ -100,7 +101,7 @@ def random_vectors(ens, state, kind):
                         sharpness_lib.split_trainable(state['params'])[0])
   seed = ens.seed
   one = lambda model_id, index: sharpness_lib.random_like(
-      sharpness_lib.vector_key(seed, model_id, index), shapes, kind)
+      keys.sharpness_key(seed, model_id, index), shapes, kind)
   draw = jax.jit(jax.vmap(one, in_axes=(0, None)),
                  out_shardings=mesh_lib.model_sharding(ens.mesh))
   return lambda index: draw(ens.ids, jnp.int32(index))

@@ -86,7 +86,8 @@ def prepare(config, workdir):
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('varjax: workdir prepared')
   dataset = data_lib.load(config.data)
-  ens = ensemble_lib.Ensemble(config, len(dataset.train_labels))
+  ens = ensemble_lib.build(config, len(dataset.train_labels),
+                          num_examples=len(dataset.test_labels))
   replicated = mesh_lib.replicated(ens.mesh)
   train_images = jax.device_put(dataset.train_images, replicated)
   train_labels = jax.device_put(dataset.train_labels, replicated)
@@ -125,6 +126,8 @@ def train(run, progress_desc):
                                    done=done, desc=progress_desc,
                                    enable=None if run.is_writer else False)
   run.seconds['train'], last = 0.0, None
+  if done < recipe.total_steps:  # both step programs now: no step waits for a compile
+    ens.compile_steps(run.state, ens.orders(0), run.train_images, run.train_labels)
   for epoch, steps in recipe.epochs():
     if steps[-1] < done - 1 or (steps[-1] == done - 1 and done < recipe.total_steps):
       continue  # finished before the restored checkpoint
