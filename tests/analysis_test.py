@@ -535,16 +535,30 @@ def test_report_lines(planted):
   assert all(isinstance(line, str) for line in lines) and 'ensemble accuracy' in text
 
 
-def test_key_lists_name_every_result_by_its_shape(planted):
+def test_results_hold_every_field_on_its_axis(planted):
   _, _, r = planted
-  names = (analysis.PER_MODEL_KEYS + analysis.PER_GROUP_KEYS + analysis.PER_EXAMPLE_KEYS
-           + analysis.PAIRWISE_KEYS + analysis.PER_MODEL_EXAMPLE_KEYS)
-  assert len(set(names)) == len(names) and set(analysis.OPTIONAL_KEYS) <= set(names)
-  # Without the difficulty switches of init, exactly the non-optional keys.
-  assert sorted(k for k in names if k not in analysis.OPTIONAL_KEYS) == sorted(r)
-  present = lambda keys: [k for k in keys if k in r]
-  assert all(r[k].shape[0] == 8 for k in present(analysis.PER_MODEL_KEYS))
-  assert all(r[k].shape[0] == 3 for k in present(analysis.PER_GROUP_KEYS
-                                                  + analysis.PER_EXAMPLE_KEYS))
-  assert all(r[k].shape == (8, 8) for k in analysis.PAIRWISE_KEYS)
-  assert all(r[k].shape == (8, 301) for k in present(analysis.PER_MODEL_EXAMPLE_KEYS))
+  assert isinstance(r, analysis.Results)
+  # Without the difficulty switches of init and with 10 classes, these stay empty.
+  optional = {'normalized_margin_quantiles', 'mean_depth', 'calibrated_binary_std',
+              'calibrated_binary_std_ci', 'normalized_margin_quantile_accuracy_corr',
+              'mean_prediction_depth', 'depth_accuracy_corr', 'depth_mean', 'depth_std',
+              'normalized_margin', 'prediction_depth'}
+  for part, leading in (('model', (8,)), ('group', (3,)), ('example', (3,)),
+                        ('model_example', (8, 301)), ('pair', (8, 8))):
+    record = getattr(r, part)
+    assert set(r.present(part)) == set(record._fields) - optional, part
+    for name, value in r.present(part).items():
+      assert value.shape[:len(leading)] == leading, name
+      assert r[name] is value and name in r
+  assert 'prediction_depth' not in r
+
+
+def test_results_from_flat_places_fields_and_refuses_unknown_names():
+  r = analysis.Results.from_flat({'accuracy': np.ones(2), 'churn': np.zeros((2, 2))})
+  assert r.model.accuracy is r['accuracy'] and r.pair.churn is r['churn']
+  assert 'accuracy' in r and 'std_accuracy' not in r and r.group.std_accuracy is None
+  assert r.keys() == ['accuracy', 'churn'] and r[0] is r.model
+  with pytest.raises(KeyError):
+    r['std_accuracy']  # pylint: disable=pointless-statement
+  with pytest.raises(ValueError, match='accuracyy'):
+    analysis.Results.from_flat({'accuracyy': np.ones(2)})

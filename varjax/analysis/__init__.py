@@ -15,19 +15,13 @@ Example:
 
 from varjax.analysis.accumulate import init
 from varjax.analysis.accumulate import update
-from varjax.analysis.core import OPTIONAL_KEYS
-from varjax.analysis.core import PAIRWISE_KEYS
-from varjax.analysis.core import PER_EXAMPLE_KEYS
-from varjax.analysis.core import PER_GROUP_KEYS
-from varjax.analysis.core import PER_MODEL_EXAMPLE_KEYS
-from varjax.analysis.core import PER_MODEL_KEYS
 from varjax.analysis.core import analyze
 from varjax.analysis.core import finalize
 from varjax.analysis.difficulty import forgetting_stats
 from varjax.analysis.lenses import lens_stats
 from varjax.analysis.report import report_lines
+from varjax.analysis.results import Results
 from varjax.analysis.variance import CI_LEVEL
 
-__all__ = ['init', 'update', 'finalize', 'analyze', 'forgetting_stats', 'lens_stats', 'report_lines', 'PER_MODEL_KEYS',
-           'PER_GROUP_KEYS', 'PER_EXAMPLE_KEYS', 'PAIRWISE_KEYS', 'PER_MODEL_EXAMPLE_KEYS',
-           'OPTIONAL_KEYS', 'CI_LEVEL']
+__all__ = ['init', 'update', 'finalize', 'analyze', 'forgetting_stats', 'lens_stats',
+           'report_lines', 'Results', 'CI_LEVEL']

@@ -2,7 +2,7 @@
 
 Example:
   >>> results = analyze(logits, labels, groups=[0, 0, 1, 1])  # doctest: +SKIP
-  >>> results['std_accuracy'], results['distribution_std']                         # doctest: +SKIP
+  >>> results.group.std_accuracy, results['distribution_std']  # doctest: +SKIP
 """
 
 import functools
@@ -15,64 +15,18 @@ from varjax.analysis import agreement
 from varjax.analysis import calibration
 from varjax.analysis import difficulty
 from varjax.analysis import power
+from varjax.analysis import results as result_records
 from varjax.analysis import trimming
 from varjax.analysis import variance
 
-# The shapes of finalize's results, by name (shapes alone are ambiguous when N = G).
-PER_MODEL_KEYS = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median',
-                  'alpha_trim', 'alpha_trim_beyond_grid', 'margin_quantiles',
-                  'normalized_margin_quantiles', 'mean_depth')
-PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
-                  'independent_std', 'independence_ratio', 'distribution_var',
-                  'distribution_std', 'distribution_std_ci', 'split_half_corr',
-                  'mean_disagreement', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
-                  'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'ensemble_sizes',
-                  'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax',
-                  'seeds_needed', 'seeds_needed_ci', 'calibrated_binary_std',
-                  'calibrated_binary_std_ci', 'margin_quantile_accuracy_corr',
-                  'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
-                  'depth_accuracy_corr')
-PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std')
-PAIRWISE_KEYS = ('churn', 'error_kappa')
-# Per model and example (N, n).
-PER_MODEL_EXAMPLE_KEYS = ('margin', 'normalized_margin', 'prediction_depth')
-# Present only when the analysis state accumulates them (init's switches).
-OPTIONAL_KEYS = ('calibrated_binary_std', 'calibrated_binary_std_ci',
-                 'normalized_margin_quantiles', 'mean_depth',
-                 'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
-                 'depth_accuracy_corr', 'depth_mean', 'depth_std', 'normalized_margin',
-                 'prediction_depth')
-
-
 def finalize(state):
-  """All metrics from the accumulators; jit-compatible, runs on the device.
+  """All metrics from the accumulators, as ``results.Results``; jit-compatible, on the device.
 
-  Returns a dict of arrays: per model (N,) ``accuracy``, ``accuracy_even``,
-  ``accuracy_odd``, ``ece``, ``margin_median``, ``alpha_trim`` (mean over the
-  test-set resamples in which a grid level passed; NaN if none did) and
-  ``alpha_trim_beyond_grid`` (the fraction of resamples in which none did);
-  per group (G,) ``num_models``, ``mean_accuracy``, ``std_accuracy``,
-  ``std_accuracy_ci`` (G, 2), ``independent_std``, ``independence_ratio``,
-  ``distribution_var``, ``distribution_std``, ``distribution_std_ci`` (G, 2),
-  ``split_half_corr``, ``mean_disagreement``, ``mean_error``, ``cace``,
-  ``error_consistency``, ``mean_churn``, ``ensemble_accuracy_vote``,
-  ``ensemble_accuracy_softmax``; ensemble accuracy against ensemble size,
-  ``ensemble_sizes`` (G, L; 0 pads) with ``ensemble_size_accuracy_vote`` and
-  ``ensemble_size_accuracy_softmax`` (G, L; NaN pads), each the mean over the
-  subsets of ``init``; ``seeds_needed`` (G, D), seeds per arm to detect each
-  of ``seeds_needed_deltas`` (analysis/power.py), and ``seeds_needed_ci``
-  (G, D, 2) at the ends of ``std_accuracy_ci``; per group and example
-  ``example_accuracy`` (G, n) and ``vote_counts`` (G, n, K); pairwise (N, N)
-  ``churn`` and ``error_kappa``. Statistics that need two models are NaN for
-  smaller groups. Intervals are 95%: ``std_accuracy_ci`` chi-squared,
-  ``distribution_std_ci`` its shift by V_ind (analysis/variance.py).
-
-  Example difficulty (analysis/difficulty.py): per model ``margin_quantiles``
-  (N, Q) and per group ``margin_quantile_accuracy_corr`` (G, Q); per model and
-  example ``margin`` (N, n). With the optional accumulators: the same for
-  ``normalized_margin``; ``prediction_depth`` (N, n), ``mean_depth`` (N,),
-  ``depth_mean`` / ``depth_std`` (G, n), ``mean_prediction_depth`` and
-  ``depth_accuracy_corr`` (G,).
+  Statistics that need two models are NaN for smaller groups; intervals are
+  95% (``std_accuracy_ci`` chi-squared, ``distribution_std_ci`` its shift by
+  V_ind: analysis/variance.py). Example difficulty (analysis/difficulty.py)
+  and the optional accumulators (prediction depth, normalized margins) fill
+  their fields when the state holds them.
 
   Example:
     >>> results = jax.jit(finalize)(state)   # doctest: +SKIP
@@ -140,7 +94,7 @@ def finalize(state):
     results['prediction_depth'] = state['depth']
     results.update(difficulty.depth_stats(state['depth'], member,
                                           results['example_accuracy']))
-  return results
+  return result_records.Results.from_flat(results)
 
 
 def analyze(logits, labels, groups=None, batch_size=1000, **init_kwargs):

@@ -26,7 +26,7 @@ def report_lines(results, group_names=None, seeds_needed_deltas=None):
     >>> report_lines(analyze(logits, labels))   # doctest: +SKIP
     ['group 0 (16 models): accuracy 93.912% ± 0.152% ...', ...]
   """
-  r = {k: np.asarray(v) for k, v in results.items()}
+  r = {k: np.asarray(v) for k, v in results.items()}  # Results or a {name: array} dict
   lines = []
   for g in range(len(r['num_models'])):
     name = group_names[g] if group_names is not None else f'group {g}'

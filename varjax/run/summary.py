@@ -22,14 +22,20 @@ from varjax.run import files
 
 SUMMARY_FILE = 'summary.json'
 PER_EXAMPLE_FILE = 'per_example.npz'
-# Large arrays: per example (G, n[, K]), per pair of models (N, N), per model and
-# example (N, n).
-PER_EXAMPLE_KEYS = (analysis.PER_EXAMPLE_KEYS + analysis.PAIRWISE_KEYS
-                    + analysis.PER_MODEL_EXAMPLE_KEYS)
+# The parts of the results that go into per_example.npz (large arrays), the
+# rest into summary.json.
+ARRAY_PARTS = ('example', 'model_example', 'pair')
+
+
+def _results(results):
+  """``analysis.Results`` (a {name: array} dict is read as its fields)."""
+  return results if isinstance(results, analysis.Results) else analysis.Results.from_flat(results)
+
+
 def _model_metrics(results, k):
-  return {'test_accuracy': float(results['accuracy'][k]),
-          **{name: json_value(results[name][k]) for name in analysis.PER_MODEL_KEYS
-             if name != 'accuracy' and name in results}}
+  per_model = _results(results).present('model')
+  return {'test_accuracy': float(per_model.pop('accuracy')[k]),
+          **{name: json_value(v[k]) for name, v in per_model.items()}}
 
 
 # Per-group lists over ensemble sizes, 0-padded to the longest group's ladder.
@@ -43,7 +49,7 @@ def _group_rows(ens, results):
   rows = []
   for g in range(int(ens.groups.max()) + 1):
     row = {'group': g, 'name': names[g], 'values': values[g], **points[g],
-           **{k: json_value(results[k][g]) for k in analysis.PER_GROUP_KEYS if k in results}}
+           **{k: json_value(v[g]) for k, v in _results(results).present('group').items()}}
     if 'ensemble_sizes' in row:
       used = int(np.sum(np.asarray(results['ensemble_sizes'][g]) > 0))
       row.update({k: row[k][:used] for k in ENSEMBLE_SIZE_KEYS})
@@ -96,15 +102,16 @@ def write_summary(workdir, ens, run_info, train_metrics, results, test_labels, d
         summary[key] = {**summary[key], **value}
       else:
         summary[key] = value
-  arrays = {k: np.asarray(results[k]) for k in PER_EXAMPLE_KEYS if k in results}
+  results = _results(results)
+  arrays = {k: np.asarray(v) for part in ARRAY_PARTS for k, v in results.present(part).items()}
   if 'prediction_depth' in arrays:
     arrays['prediction_depth'] = arrays['prediction_depth'].astype(np.int8)
   for m in measured:
     arrays.update({k: np.asarray(v) for k, v in m.per_example.items()})
   for name, labels, r in extra_test_sets:
     arrays[f'{name}/labels'] = np.asarray(labels)
-    arrays.update({f'{name}/{k}': np.asarray(r[k]) for k in analysis.PER_EXAMPLE_KEYS
-                   if k in r})
+    arrays.update({f'{name}/{k}': np.asarray(v)
+                   for k, v in _results(r).present('example').items()})
   # summary.json last: it marks the run finished.
   with files.atomic_open(os.path.join(workdir, PER_EXAMPLE_FILE), 'wb') as f:
     np.savez_compressed(f, labels=np.asarray(test_labels), groups=np.asarray(ens.groups),
