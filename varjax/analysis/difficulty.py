@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from varjax.analysis import variance
+from varjax.analysis.variance import HIGHEST
 
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def row_correlation(x, y, mask=None):

@@ -12,7 +12,7 @@ def _pct(x):
   return f'{100 * float(x):.3f}%'
 
 
-def _seeds(x):
+def _seed_count(x):
   return 'n/a' if np.isnan(x) else f'{int(x)}'
 
 
@@ -38,7 +38,7 @@ def report_lines(results, group_names=None, seeds_needed_deltas=None):
                       f"{_pct(r['ensemble_size_accuracy_softmax'][g][i])}"
                       for i, s in enumerate(sizes))
     seeds = ', '.join(
-        f'{100 * float(d):g}pp: {_seeds(n)} ({_seeds(c[0])} .. {_seeds(c[1])})'
+        f'{100 * float(d):g}pp: {_seed_count(n)} ({_seed_count(c[0])} .. {_seed_count(c[1])})'
         for d, n, c in zip(seeds_needed_deltas, r['seeds_needed'][g], r['seeds_needed_ci'][g])
     ) if seeds_needed_deltas is not None else ''
     lines += [

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats as scipy_stats
 
+# Contractions that sum accuracies or counts run at full float32 precision: at
+# default precision GPUs round the operands to TF32 (10-bit mantissa), which
+# moves accuracies in their third digit.
 HIGHEST = jax.lax.Precision.HIGHEST
 CI_LEVEL = 0.95
 
@@ -22,8 +25,6 @@ def _nan_below_two(x, group_size):
 
 
 def _group_sum(x, member):
-  # HIGHEST: at default precision GPUs round the operands to TF32 (10-bit
-  # mantissa), which moves accuracies in their third digit.
   return jnp.matmul(x, member, precision=HIGHEST)
 
 

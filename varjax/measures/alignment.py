@@ -32,9 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from varjax.analysis.variance import HIGHEST
 from varjax.data import augment
 
-HIGHEST = jax.lax.Precision.HIGHEST
 PATCH = 3  # the conv's kernel size
 FIRST_CONV = ('group1', 'conv1')
 

@@ -26,7 +26,8 @@ Example:
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from varjax.analysis.variance import HIGHEST
+
 
 
 def knn_predict(queries, support, support_labels, k, num_classes):

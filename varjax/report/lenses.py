@@ -34,7 +34,7 @@ COLUMNS = (
 )
 
 
-def _num(v, fmt='{:.3g}'):
+def _text(v, fmt='{:.3g}'):
   if v is None or (isinstance(v, float) and math.isnan(v)):
     return 'n/a'
   return fmt.format(v)
@@ -42,13 +42,13 @@ def _num(v, fmt='{:.3g}'):
 
 def _cell(group, key, fmt, median):
   if fmt == 'mean_std':
-    return f"{_num(group.get(key))} ± {_num(group.get(key.replace('mean_', 'std_', 1)))}"
+    return f"{_text(group.get(key))} ± {_text(group.get(key.replace('mean_', 'std_', 1)))}"
   if fmt == 'median':
     values = group.get(key)
-    return _num(values[median], '{:.2f}') if isinstance(values, list) else 'n/a'
+    return _text(values[median], '{:.2f}') if isinstance(values, list) else 'n/a'
   if fmt == 'pair':
-    return f"{_num(group.get(key))} ({_num(group.get(key + '_random_basis'))})"
-  return _num(group.get(key), fmt)
+    return f"{_text(group.get(key))} ({_text(group.get(key + '_random_basis'))})"
+  return _text(group.get(key), fmt)
 
 
 def lens_lines(summary):
@@ -65,8 +65,8 @@ def lens_lines(summary):
   lines = ['## Lenses', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   for g in groups:
     row = [g.get('name', str(g['group']))]
-    row += [_num(g['values'].get('label_noise'), '{:g}')] if noise else []
-    row += [_num(g.get('mean_accuracy'), '{:.2%}')]
+    row += [_text(g['values'].get('label_noise'), '{:g}')] if noise else []
+    row += [_text(g.get('mean_accuracy'), '{:.2%}')]
     row += [_cell(g, key, fmt, median) for key, _, fmt in columns]
     lines.append('| ' + ' | '.join(row) + ' |')
   lenses = summary.get('lenses', {})

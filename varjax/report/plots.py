@@ -63,7 +63,7 @@ def x_axis(groups, swept):
   return np.arange(len(groups), dtype=float), 'group', False
 
 
-def _num(values):
+def _floats(values):
   return np.array([np.nan if v is None else v for v in values], float)
 
 
@@ -77,7 +77,7 @@ def plot_all(summary, per_example, workdir, swept):
   names = [g.get('name', str(g['group'])) for g in groups]
   x, xlabel, log = x_axis(groups, swept)
   order = np.argsort(x, kind='stable')
-  pct = lambda key: 100 * _num([g.get(key) for g in groups])[order]
+  pct = lambda key: 100 * _floats([g.get(key) for g in groups])[order]
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   band = lambda key: 100 * np.array([g.get(key) or [None, None] for g in groups],
@@ -155,7 +155,7 @@ def plot_ensemble_sizes(summary, workdir, plt):
     sizes = np.array(g.get('ensemble_sizes') or [], float)
     for key, label in (('ensemble_size_accuracy_vote', 'plurality vote'),
                        ('ensemble_size_accuracy_softmax', 'mean softmax')):
-      ax.plot(sizes, 100 * _num(g.get(key) or []), 'o-', label=label)
+      ax.plot(sizes, 100 * _floats(g.get(key) or []), 'o-', label=label)
     if sizes.size and sizes.max() > 1:
       ax.set_xscale('log', base=2)
     ax.set_title(g.get('name', str(g['group'])), fontsize=8)
@@ -178,7 +178,7 @@ def plot_difficulty(summary, per_example, workdir, plt):
   if DIFFICULTY_PLOTS[0] in plots:
     levels = summary.get('margin_quantile_levels', [])
     models = [m for m in summary['models'] if m.get('diverged_at_step') is None]
-    acc = 100 * _num([m['test_accuracy'] for m in models])
+    acc = 100 * _floats([m['test_accuracy'] for m in models])
     keys = [k for k in ('margin_quantiles', 'normalized_margin_quantiles') if k in models[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes.flat, keys):

@@ -82,7 +82,7 @@ def _fmt(value, fmt):
   return fmt.format(int(value) if fmt == '{:d}' else value)
 
 
-def _seeds(value, ci):
+def _seeds_cell(value, ci):
   """'n (lo .. hi)' seeds per arm."""
   if value is None:
     return 'n/a'
@@ -115,7 +115,7 @@ def table_rows(summary, groups=None):
             else str(g['values'].get(k, '')) for k in keys]
     row += [_fmt(g.get(key), fmt) for key, _, fmt in columns]
     needed, ci = g.get('seeds_needed') or [None] * len(seeds), g.get('seeds_needed_ci')
-    row += [_seeds(needed[d], ci[d] if ci else None) for d in range(len(seeds))]
+    row += [_seeds_cell(needed[d], ci[d] if ci else None) for d in range(len(seeds))]
     rows.append(row)
   return header, rows
 
