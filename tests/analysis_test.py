@@ -18,7 +18,8 @@ GROUPS = np.array([0, 0, 0, 0, 1, 1, 1, 2])
 PER_MODEL = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median')
 PER_GROUP = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci', 'independent_std',
              'independence_ratio', 'distribution_var', 'distribution_std', 'distribution_std_ci',
-             'split_half_corr', 'mean_disagreement', 'mean_error', 'cace', 'error_consistency',
+             'split_half_corr', 'mean_disagreement', 'disagreement_error_ratio', 'mean_error',
+             'cace', 'error_consistency',
              'mean_churn', 'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'seeds_needed',
              'seeds_needed_ci', 'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax')
 DELTAS = (0.001, 0.002, 0.005)
@@ -152,6 +153,8 @@ def numpy_reference(logits, labels, groups):
           seeds_needed_ci=[[seeds_closed_form(s, d) for s in std_ci] for d in DELTAS],
           split_half_corr=np.corrcoef(r['accuracy_even'][idx], r['accuracy_odd'][idx])[0, 1],
           mean_disagreement=np.mean(1 - (votes * (votes - 1)).sum(-1) / (m * (m - 1))),
+          disagreement_error_ratio=np.mean(
+              1 - (votes * (votes - 1)).sum(-1) / (m * (m - 1))) / (1 - acc[idx].mean()),
           error_consistency=np.mean([kappa[a, b] for a, b in pairs]),
           mean_churn=np.mean([churn[a, b] for a, b in pairs]))
     for name in PER_GROUP:
@@ -338,7 +341,14 @@ def test_calibrated_binary_std_predicts_the_test_set_std():
   # Ten classes: no such prediction.
   ten = to_numpy(analysis.analyze(jnp.asarray(bernoulli_logits(pred == labels, labels, 10)),
                                   jnp.asarray(labels), alpha_trim_resamples=2))
-  assert 'calibrated_binary_std' not in ten
+  binary = ('calibrated_binary_std', 'calibrated_binary_full_std', 'binary_premise_ratio')
+  assert not any(key in ten or key + '_ci' in ten for key in binary)
+  # Calibrated, no distribution-wise variance planted: the premise holds and Eq. 5 is
+  # the observed std (their gap is the premise's).
+  lo, hi = r['binary_premise_ratio_ci'][0]
+  assert lo < 1 < hi and hi - lo < 0.1
+  np.testing.assert_allclose(r['disagreement_error_ratio'][0], 1, atol=0.03)
+  assert abs(r['calibrated_binary_full_std'][0] / r['std_accuracy'][0] - 1) < 0.05
 
 
 def test_trimmed_distance_at_zero_is_two_sample_ks():

@@ -28,8 +28,11 @@ PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_c
                   'mean_disagreement', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
                   'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'ensemble_sizes',
                   'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax',
-                  'seeds_needed', 'seeds_needed_ci', 'calibrated_binary_std',
-                  'calibrated_binary_std_ci', 'margin_quantile_accuracy_corr',
+                  'seeds_needed', 'seeds_needed_ci', 'disagreement_error_ratio',
+                  'calibrated_binary_std', 'calibrated_binary_std_ci',
+                  'calibrated_binary_full_std', 'calibrated_binary_full_std_ci',
+                  'binary_premise_ratio', 'binary_premise_ratio_ci',
+                  'margin_quantile_accuracy_corr',
                   'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
                   'depth_accuracy_corr')
 PER_EXAMPLE_KEYS = ('example_accuracy', 'vote_counts', 'depth_mean', 'depth_std')
@@ -38,6 +41,8 @@ PAIRWISE_KEYS = ('churn', 'error_kappa')
 PER_MODEL_EXAMPLE_KEYS = ('margin', 'normalized_margin', 'prediction_depth')
 # Present only when the analysis state accumulates them (init's switches).
 OPTIONAL_KEYS = ('calibrated_binary_std', 'calibrated_binary_std_ci',
+                 'calibrated_binary_full_std', 'calibrated_binary_full_std_ci',
+                 'binary_premise_ratio', 'binary_premise_ratio_ci',
                  'normalized_margin_quantiles', 'mean_depth',
                  'normalized_margin_quantile_accuracy_corr', 'mean_prediction_depth',
                  'depth_accuracy_corr', 'depth_mean', 'depth_std', 'normalized_margin',
@@ -54,7 +59,9 @@ def finalize(state):
   per group (G,) ``num_models``, ``mean_accuracy``, ``std_accuracy``,
   ``std_accuracy_ci`` (G, 2), ``independent_std``, ``independence_ratio``,
   ``distribution_var``, ``distribution_std``, ``distribution_std_ci`` (G, 2),
-  ``split_half_corr``, ``mean_disagreement``, ``mean_error``, ``cace``,
+  ``split_half_corr``, ``mean_disagreement``, ``mean_error``,
+  ``disagreement_error_ratio`` (1 for a class-wise calibrated ensemble, any
+  number of classes: Jiang et al.'s GDE), ``cace``,
   ``error_consistency``, ``mean_churn``, ``ensemble_accuracy_vote``,
   ``ensemble_accuracy_softmax``; ensemble accuracy against ensemble size,
   ``ensemble_sizes`` (G, L; 0 pads) with ``ensemble_size_accuracy_vote`` and
@@ -66,6 +73,12 @@ def finalize(state):
   ``churn`` and ``error_kappa``. Statistics that need two models are NaN for
   smaller groups. Intervals are 95%: ``std_accuracy_ci`` chi-squared,
   ``distribution_std_ci`` its shift by V_ind (analysis/variance.py).
+
+  Two classes only (Theorem 3 of the variance study, analysis/variance.py
+  ``binary_law_stats``): ``calibrated_binary_std`` (Eq. 6, sqrt(err/(2n))),
+  ``calibrated_binary_full_std`` (Eq. 5 with the measured Var_D, clamped at
+  0), and the calibration premise ``binary_premise_ratio`` (V_ind / (err/(2n)),
+  1 when calibrated), each (G,) with a (G, 2) ``_ci``.
 
   Example difficulty (analysis/difficulty.py): per model ``margin_quantiles``
   (N, Q) and per group ``margin_quantile_accuracy_corr`` (G, Q); per model and
@@ -97,6 +110,7 @@ def finalize(state):
   spread = variance.variance_stats(acc, acc_even, acc_odd, member, state['group_correct'],
                                    state['chi2_table'])
   deltas, z = state['seeds_needed_deltas'], state['seeds_needed_z']
+  disagreement = agreement.mean_disagreement(state['votes'], size)
   curve = lambda correct: agreement.size_curve(correct, state['subset_slot'],
                                                state['ensemble_sizes'], n)
   results = {
@@ -116,7 +130,8 @@ def finalize(state):
       'ensemble_sizes': state['ensemble_sizes'],
       'ensemble_size_accuracy_vote': curve(state['subset_correct_vote']),
       'ensemble_size_accuracy_softmax': curve(state['subset_correct_softmax']),
-      'mean_disagreement': agreement.mean_disagreement(state['votes'], size),
+      'mean_disagreement': disagreement,
+      'disagreement_error_ratio': disagreement / spread['mean_error'],
       'cace': calibration.cace(state['votes'], state['labels'], size, num_models),
       'error_consistency': agreement.group_pair_mean(pair['error_kappa'], member),
       'mean_churn': agreement.group_pair_mean(pair['churn'], member),
@@ -127,8 +142,8 @@ def finalize(state):
       **pair,
   }
   if state['votes'].shape[-1] == 2:  # two classes: the study's Theorem 3
-    results['calibrated_binary_std'], results['calibrated_binary_std_ci'] = (
-        variance.calibrated_binary_std(spread['mean_error'], spread['std_accuracy'], size, n))
+    results.update(variance.binary_law_stats(spread, state['group_correct'], n,
+                                             state['chi2_table']))
   normalized = None
   if 'feature_margin' in state:
     normalized = difficulty.normalized_margin(state['feature_margin'], state['feature_sum'],

@@ -1,0 +1,114 @@
+"""The variance study's laws read honestly (issue 29), against planted truth and closed forms:
+Theorem 3's premise beside its formula, the F-test's power, and the std interval under
+skewed and heavy-tailed accuracies."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from varjax.analysis import variance
+
+BETA = stats.beta(0.3, 0.3)  # u: where an example sits between the classes (mass near both)
+
+
+def sharpen(u, power):
+  return u ** power / (u ** power + (1 - u) ** power)
+
+
+def binary_population(power):
+  """Label probability q = 0.05 + 0.9 u, the runs' vote probability for class 1
+  qm = 0.05 + 0.9 sharpen(u, power) (power 1: calibrated; > 1: overconfident).
+  Returns the population premise ratio E[p (1 - p)] / (err / 2) and err, by quadrature:
+  a run is right with probability p = qm (y = 1) or 1 - qm (y = 0), so E[p (1 - p) | u]
+  = qm (1 - qm) and E[1 - p | u] = q (1 - qm) + (1 - q) qm."""
+  q = lambda u: 0.05 + 0.9 * u
+  qm = lambda u: 0.05 + 0.9 * sharpen(u, power)
+  mean = lambda f: integrate.quad(lambda u: BETA.pdf(u) * f(u), 0, 1, limit=200)[0]
+  err = mean(lambda u: q(u) * (1 - qm(u)) + (1 - q(u)) * qm(u))
+  return mean(lambda u: qm(u) * (1 - qm(u))) / (err / 2), err
+
+
+def binary_ensembles(rng, reps, m, n, tau, power):
+  """(reps, m, n) correctness: a fresh test set per rep from ``binary_population``; run r is
+  right on x with probability p(x) + d_r, d_r ~ N(0, tau^2) (p stays in [0.05, 0.95], so
+  5-sigma shifts stay in [0, 1]): every pair of examples has covariance tau^2, the planted
+  distribution-wise variance."""
+  u = rng.beta(0.3, 0.3, (reps, n))
+  q, qm = 0.05 + 0.9 * u, 0.05 + 0.9 * sharpen(u, power)
+  p = np.where(rng.random((reps, n)) < q, qm, 1 - qm)
+  shift = rng.normal(0, tau, (reps, m, 1))
+  return rng.random((reps, m, n)) < p[:, None] + shift
+
+
+def binary_stats(correct):
+  """The inputs of the Theorem-3 functions, each rep a group, by NumPy."""
+  reps, m, n = correct.shape
+  acc = correct.mean(2)
+  group_correct = correct.sum(1).astype(np.float64)
+  p = group_correct / m
+  var = acc.var(1, ddof=1)
+  independent = np.sum(m / (m - 1) * p * (1 - p), 1) / n ** 2
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return {'num_models': jnp.full(reps, m, jnp.int32), 'mean_error': f32(1 - acc.mean(1)),
+          'std_accuracy': f32(np.sqrt(var)), 'independent_std': f32(np.sqrt(independent)),
+          'distribution_var': f32(n / (n - 1) * (var - independent))}, f32(group_correct)
+
+
+def covers(interval, value):
+  interval = np.asarray(interval)
+  return np.mean((interval[:, 0] <= value) & (value <= interval[:, 1]))
+
+
+@pytest.mark.parametrize('power', [1, 3])
+def test_binary_premise_ratio_and_theorem3_cover_planted_values(power):
+  """Calibrated (ratio 1) and overconfident (ratio ~0.72) two-class ensembles, 16 runs,
+  2,000 examples, distribution-wise std 1%: the premise ratio's interval covers the
+  population ratio at ~95% and, overconfident, excludes 1; Eq. 5 with the measured Var_D
+  covers err/(2n) + (1 - 1/n) tau^2 at ~95%, Eq. 6 (no Var_D) almost never does."""
+  rng = np.random.default_rng(21 + power)
+  reps, m, n, tau = 600, 16, 2000, 0.01
+  rho, err = binary_population(power)
+  assert (abs(rho - 1) < 1e-6) == (power == 1)
+  spread, group_correct = binary_stats(binary_ensembles(rng, reps, m, n, tau, power))
+  r = jax.tree.map(np.asarray, variance.binary_law_stats(
+      spread, group_correct, n, jnp.asarray(variance.chi2_table(m))))
+  tolerance = 4 * np.sqrt(0.05 * 0.95 / reps)
+  assert abs(np.mean(r['binary_premise_ratio']) - rho) < 0.01
+  assert abs(covers(r['binary_premise_ratio_ci'], rho) - 0.95) < tolerance
+  if power > 1:
+    assert covers(r['binary_premise_ratio_ci'], 1.0) < 0.01
+  target = np.sqrt(err / (2 * n) + (1 - 1 / n) * tau ** 2)
+  assert abs(covers(r['calibrated_binary_full_std_ci'], target) - 0.95) < tolerance
+  assert covers(r['calibrated_binary_std_ci'], target) < 0.01
+  # Where Var_D >= 0 the squared Eq. 5 is the observed variance moved by the premise's gap.
+  var, ind = np.asarray(spread['std_accuracy'], np.float64) ** 2, np.asarray(
+      spread['independent_std'], np.float64) ** 2
+  shown = np.asarray(spread['distribution_var']) > 0
+  np.testing.assert_allclose(r['calibrated_binary_full_std'][shown] ** 2,
+                             (var - ind + np.asarray(spread['mean_error']) / (2 * n))[shown],
+                             rtol=1e-4)
+
+
+def test_eq6_covers_its_prediction_without_distribution_wise_variance():
+  """Calibrated, tau = 0, 8 runs: Eq. 6's interval (the error's, test-set sampling in it)
+  covers sqrt(err / (2n)) at ~95%; the mean error's own interval covers err."""
+  rng = np.random.default_rng(25)
+  reps, m, n = 600, 8, 2000
+  _, err = binary_population(1)
+  spread, group_correct = binary_stats(binary_ensembles(rng, reps, m, n, 0.0, 1))
+  size = spread['num_models'].astype(jnp.float32)
+  se = np.asarray(variance.mean_error_se(group_correct, size, spread['distribution_var']))
+  tolerance = 4 * np.sqrt(0.05 * 0.95 / reps)
+  z = stats.norm.ppf(0.975)
+  got = np.mean(np.abs(np.asarray(spread['mean_error']) - err) < z * se)
+  assert abs(got - 0.95) < tolerance
+  _, ci = variance.calibrated_binary_std(spread['mean_error'], jnp.asarray(se), size, n)
+  assert abs(covers(ci, np.sqrt(err / (2 * n))) - 0.95) < tolerance
+
+
+def test_premise_ratio_undefined_below_two_models():
+  ratio, ci = variance.binary_premise_ratio(jnp.ones((2, 5)), jnp.array([1., 2.]),
+                                            jnp.zeros(2))
+  assert np.isnan(ratio[0]) and np.all(np.isnan(ci[0])) and np.all(np.isfinite(ci[1]))
