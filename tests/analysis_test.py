@@ -16,11 +16,12 @@ from varjax.analysis import variance
 
 GROUPS = np.array([0, 0, 0, 0, 1, 1, 1, 2])
 PER_MODEL = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median')
-PER_GROUP = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci', 'independent_std',
-             'independence_ratio', 'distribution_var', 'distribution_std', 'distribution_std_ci',
-             'split_half_corr', 'mean_disagreement', 'disagreement_error_ratio', 'mean_error',
-             'cace', 'error_consistency',
-             'mean_churn', 'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'seeds_needed',
+PER_GROUP = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
+             'std_accuracy_ci_bonett', 'accuracy_skewness', 'accuracy_excess_kurtosis',
+             'independent_std', 'independence_ratio', 'distribution_var', 'distribution_std',
+             'distribution_std_ci', 'split_half_corr', 'mean_disagreement',
+             'disagreement_error_ratio', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
+             'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'seeds_needed',
              'seeds_needed_ci', 'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax')
 DELTAS = (0.001, 0.002, 0.005)
 
@@ -123,6 +124,11 @@ def numpy_reference(logits, labels, groups):
            'ensemble_accuracy_softmax': np.mean(mean_probs.argmax(-1) == labels),
            'cace': numpy_cace(votes, labels, m),
            'std_accuracy_ci': [np.nan, np.nan], 'distribution_std_ci': [np.nan, np.nan],
+           # Bonett's interval needs 5 models: every group here is smaller (its values:
+           # tests/laws_test.py).
+           'std_accuracy_ci_bonett': [np.nan, np.nan],
+           'accuracy_skewness': stats.skew(acc[idx], bias=False) if m >= 3 else np.nan,
+           'accuracy_excess_kurtosis': stats.kurtosis(acc[idx], bias=False) if m >= 4 else np.nan,
            'seeds_needed': [np.nan] * 3, 'seeds_needed_ci': [[np.nan] * 2] * 3}
     # Accuracy against size, averaged over every subset (the groups here are small
     # enough that the analysis enumerates them all too).

@@ -23,6 +23,7 @@ PER_MODEL_KEYS = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_me
                   'alpha_trim', 'alpha_trim_beyond_grid', 'margin_quantiles',
                   'normalized_margin_quantiles', 'mean_depth')
 PER_GROUP_KEYS = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
+                  'std_accuracy_ci_bonett', 'accuracy_skewness', 'accuracy_excess_kurtosis',
                   'independent_std', 'independence_ratio', 'distribution_var',
                   'distribution_std', 'distribution_std_ci', 'split_half_corr',
                   'mean_disagreement', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
@@ -57,7 +58,10 @@ def finalize(state):
   test-set resamples in which a grid level passed; NaN if none did) and
   ``alpha_trim_beyond_grid`` (the fraction of resamples in which none did);
   per group (G,) ``num_models``, ``mean_accuracy``, ``std_accuracy``,
-  ``std_accuracy_ci`` (G, 2), ``independent_std``, ``independence_ratio``,
+  ``std_accuracy_ci`` (G, 2), ``std_accuracy_ci_bonett`` (G, 2; valid for
+  non-normal accuracies, from 5 models), ``accuracy_skewness`` and
+  ``accuracy_excess_kurtosis`` (from 3 and 4 models), ``independent_std``,
+  ``independence_ratio``,
   ``distribution_var``, ``distribution_std``, ``distribution_std_ci`` (G, 2),
   ``split_half_corr``, ``mean_disagreement``, ``mean_error``,
   ``disagreement_error_ratio`` (1 for a class-wise calibrated ensemble, any
