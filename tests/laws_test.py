@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
+from varjax.analysis import power
 from varjax.analysis import variance
 
 BETA = stats.beta(0.3, 0.3)  # u: where an example sits between the classes (mass near both)
@@ -206,3 +207,60 @@ def test_std_interval_coverage_table():
         assert abs(chi2 - 0.95) < 0.006 and abs(bonett - 0.95) < (0.03 if m == 8 else 0.01)
       else:
         assert bonett > chi2 + 0.03 and bonett > 0.85
+
+
+# The sources-of-randomness comparison: power of the F-test, and V_ind's test.
+def test_f_test_power_matches_simulation():
+  """Normal accuracies, 16 vs 16 and 10 vs 30 seeds, variance ratios 0.49, 0.7, 1, 2:
+  the exact power against 20,000 simulated F-tests (scipy's own F quantiles)."""
+  rng = np.random.default_rng(41)
+  reps = 20000
+  for n1, n2 in ((16, 16), (10, 30)):
+    low, high = stats.f.ppf([0.025, 0.975], n1 - 1, n2 - 1)
+    for ratio in (0.49, 0.7, 1.0, 2.0):
+      a = rng.normal(0, np.sqrt(ratio), (reps, n1)).var(1, ddof=1)
+      b = rng.normal(0, 1, (reps, n2)).var(1, ddof=1)
+      simulated = np.mean((a / b < low) | (a / b > high))
+      want = power.f_test_power(n1, n2, ratio)
+      assert abs(simulated - want) < 4 * np.sqrt(want * (1 - want) / reps), (n1, n2, ratio)
+  np.testing.assert_allclose(power.f_test_power(16, 16, 1.0), 0.05, rtol=1e-9)
+
+
+def test_f_test_seeds_per_arm_is_the_first_to_reach_the_power():
+  for ratio, want in ((0.49, 64), (0.7, 249), (1 / 0.7, 249), (2.0, 68)):
+    n = power.f_test_seeds_per_arm(ratio)
+    assert n == want, (ratio, n)
+    assert power.f_test_power(n, n, ratio) >= 0.8 > power.f_test_power(n - 1, n - 1, ratio)
+  assert power.f_test_seeds_per_arm(0.49, power=0.9) > 64
+  with pytest.raises(ValueError):
+    power.f_test_seeds_per_arm(1.0)
+
+
+def logit_arm(rng, logits, m, tau):
+  """(m, n) correctness: run r right on x with probability expit(logit_x + d_r), d_r ~ N(0, tau^2)
+  (a shared shift: distribution-wise variance)."""
+  shift = rng.normal(0, tau, (m, 1))
+  return rng.random((m, logits.size)) < special.expit(logits + shift)
+
+
+def test_independent_var_test_holds_its_size_and_detects_a_planted_difference():
+  """Same test set (n = 2,000, ~90% accuracy), 16 runs per arm, a distribution-wise
+  logit shift: equal arms are rejected ~5% of the time; an arm whose per-example
+  variance is ~30% smaller almost always. The jackknife SE matches V_ind's spread."""
+  rng = np.random.default_rng(42)
+  n, m, tau, reps = 2000, 16, 0.1, 300
+  logits = rng.normal(3.0, 2.0, n)
+  sharp = 1.4 * logits  # more decided runs: smaller p (1 - p) on every example
+  expected = lambda z: np.sum(special.expit(z) * special.expit(-z)) / n ** 2  # tau -> 0
+  assert 0.6 < expected(sharp) / expected(logits) < 0.8
+  same, planted, values, errors = [], [], [], []
+  for _ in range(reps):
+    a = logit_arm(rng, logits, m, tau)
+    r = power.independent_var_test(a, logit_arm(rng, logits, m, tau))
+    same.append(r['p_value'] < 0.05)
+    values.append(r['independent_var'][0])
+    errors.append(r['stderr'][0])
+    planted.append(power.independent_var_test(a, logit_arm(rng, sharp, m, tau))['p_value'] < 0.05)
+  assert abs(np.mean(same) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / reps)
+  assert np.mean(planted) > 0.95
+  assert abs(np.mean(errors) / np.std(values) - 1) < 0.15
