@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
+from scipy import stats
 
 from varjax.measures import alignment
 from varjax.data import augment
@@ -128,3 +129,104 @@ def test_first_conv_input_is_the_whitening_output_after_its_gelu():
                                             jnp.float32)))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   assert alignment.first_conv_kernel(variables['params']).shape == (3, 3, 24, 4)
+
+
+def direct_null(m, k, draws, rng, basis=None, scales=None):
+  """M of np.cov of m Gaussian filters aligned with ``basis`` (default: the identity),
+  with per-direction variances ``scales``: the premise of the null, sampled directly."""
+  d = k if basis is None else basis.shape[0]
+  basis = np.eye(d) if basis is None else basis
+  scales = np.ones(d) if scales is None else scales
+  out = []
+  for _ in range(draws):
+    filters = (rng.normal(size=(m, d)) * np.sqrt(scales)) @ basis.T
+    out.append(measure.misalignment(np.cov(filters, rowvar=False), basis[:, :k]))
+  return np.array(out)
+
+
+def test_null_mean_has_the_known_limits():
+  # k = 2: the closed form of the isotropic test above (m filters, m - 1 dof).
+  m = 12
+  chance = 2 * (special.beta(0.5, (m - 3) / 2) / special.beta(0.5, (m - 2) / 2) - 1)
+  np.testing.assert_allclose(measure.null_mean(m - 1, 2), chance, rtol=1e-12)
+  # Many samples: A = I + E, E ~ N(0, 1/dof) off the diagonal, M ~ (1/2) sum_{i != j} E_ij^2.
+  for k in (3, 10):
+    np.testing.assert_allclose(measure.null_mean(10 ** 6, k), k * (k - 1) / 2e6, rtol=1e-3)
+  assert measure.null_mean(8, 1) == 0 and measure.null_mean(8, 8) == np.inf
+  assert np.isnan(measure.null_mean(7, 8)) and np.all(np.isnan(measure.misalignment_null(7, 8)))
+
+
+@pytest.mark.parametrize('m, k', [(16, 8), (10, 4)])
+def test_null_matches_aligned_gaussian_filters_in_any_aligned_basis(m, k):
+  """Filters whose covariance shares the data basis's eigenvectors (any eigenvalues, a random
+  basis in 12 dims): M's mean and 95% quantile are the null's for m filters."""
+  rng = np.random.default_rng(7)
+  basis = measure.random_basis(12, seed=8)
+  scores = direct_null(m, k, 4000, rng, basis, scales=rng.uniform(0.1, 10, 12))
+  mean, q95 = measure.misalignment_null(m - 1, k)
+  assert abs(scores.mean() - mean) < 4 * scores.std() / np.sqrt(len(scores))
+  # The quantile: both are simulations (4,000 here, 20,000 there); ~4 of its SEs.
+  assert abs(np.quantile(scores, 0.95) - q95) < 0.06 * q95
+  assert measure.misalignment_null(m - 1, k) == (mean, q95)  # fixed seed, cached
+  # Bartlett's draws have np.cov's distribution (two-sample KS).
+  assert stats.ks_2samp(scores, measure.null_draws(m - 1, k, 4000, seed=1)).pvalue > 1e-3
+
+
+def test_centring_removes_a_planted_per_index_offset():
+  """R models share per-index filters (as from a common dirac start: m fixed vectors, here
+  not aligned with the data) plus aligned Gaussian spread: centred pooling sees only the
+  spread, exactly, and scores like its null with m (R - 1) dof; uncentred pooling is far
+  above its own null."""
+  rng = np.random.default_rng(9)
+  num_models, m, d, k = 6, 8, 10, 4
+  offsets = 5 * rng.normal(size=(m, d))
+  spread = rng.normal(size=(num_models, m, d)) * np.sqrt(np.arange(d, 0, -1))
+  np.testing.assert_allclose(measure.centred_pool(offsets + spread), measure.centred_pool(spread),
+                             atol=1e-12)
+  np.testing.assert_allclose(measure.centred_pool(spread).reshape(num_models, m, d).sum(0), 0,
+                             atol=1e-12)
+  cov_x = np.stack([np.diag(np.arange(d, 0, -1.0))] * num_models)  # basis: e_1 .. e_d
+  member = np.ones((num_models, 1))
+  basis = measure.random_basis(d, seed=0)
+  centred, plain = [], []
+  for _ in range(300):
+    filters = offsets + rng.normal(size=(num_models, m, d)) * np.sqrt(np.arange(d, 0, -1))
+    centred.append(measure.group_misalignment(cov_x, filters, member, k, basis,
+                                              centre=True)['misalignment'][0])
+    plain.append(measure.group_misalignment(cov_x, filters, member, k, basis)['misalignment'][0])
+  got = measure.group_misalignment(cov_x, filters, member, k, basis, centre=True)
+  np.testing.assert_allclose(got['misalignment_null'][0],
+                             measure.misalignment_null(m * (num_models - 1), k))
+  mean = measure.null_mean(m * (num_models - 1), k)
+  assert abs(np.mean(centred) - mean) < 4 * np.std(centred) / np.sqrt(len(centred))
+  # The offsets' between-index spread is not aligned: uncentred, nearly every draw is
+  # above its null's 95% quantile.
+  assert np.mean(np.array(plain) > measure.misalignment_null(m * num_models - 1, k)[1]) > 0.95
+
+
+def test_alignment_stats_put_a_null_beside_every_misalignment():
+  rng = np.random.default_rng(10)
+  num_models, c, m = 5, 2, 6                                   # d = 18 patch dims
+  cov_x = np.stack([np.cov(rng.normal(size=(200, 18)), rowvar=False)] * num_models)
+  kernels = rng.normal(size=(num_models, 3, 3, c, m))
+  member = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 0]], np.float32)  # sizes 3, 1
+  per_model, per_group, settings = measure.alignment_stats(
+      cov_x, kernels, 0.5 * kernels, member, None, seed=0)
+  assert settings['components'] == 3 and settings['group_components'] == 3
+  assert settings['group_centred_components'] == 6             # 6 (3 - 1) + 1 = 13 samples
+  assert set(per_model) == {'misalignment', 'misalignment_random_basis', 'update_misalignment',
+                            'update_misalignment_random_basis'}
+  for prefix in ('', 'update_'):
+    assert settings[prefix + 'misalignment_null'] == list(measure.misalignment_null(m - 1, 3))
+    for kind, dof, k in (('', 3 * m - 1, 3), ('centred_', 2 * m, 6)):
+      name = prefix + kind + 'misalignment'
+      assert per_group[name].shape == (2,) and per_group[name + '_null'].shape == (2, 2)
+      np.testing.assert_array_equal(per_group[name + '_null'][0], measure.misalignment_null(dof, k))
+      assert np.isfinite(per_group[name][0]) and np.isfinite(per_group[name + '_random_basis'][0])
+  # A one-model group: pooled is its own filters; centred is undefined.
+  assert np.all(np.isnan(per_group['centred_misalignment_null'][1]))
+  assert np.isnan(per_group['centred_misalignment'][1])
+  np.testing.assert_allclose(per_group['misalignment_null'][1], measure.misalignment_null(m - 1, 3))
+  # Updates are half the filters here: the same M (scale-free).
+  np.testing.assert_allclose(per_group['update_centred_misalignment'],
+                             per_group['centred_misalignment'], rtol=1e-9)

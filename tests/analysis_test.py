@@ -16,10 +16,12 @@ from varjax.analysis import variance
 
 GROUPS = np.array([0, 0, 0, 0, 1, 1, 1, 2])
 PER_MODEL = ('accuracy', 'accuracy_even', 'accuracy_odd', 'ece', 'margin_median')
-PER_GROUP = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci', 'independent_std',
-             'independence_ratio', 'distribution_var', 'distribution_std', 'distribution_std_ci',
-             'split_half_corr', 'mean_disagreement', 'mean_error', 'cace', 'error_consistency',
-             'mean_churn', 'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'seeds_needed',
+PER_GROUP = ('num_models', 'mean_accuracy', 'std_accuracy', 'std_accuracy_ci',
+             'std_accuracy_ci_bonett', 'accuracy_skewness', 'accuracy_excess_kurtosis',
+             'independent_std', 'independence_ratio', 'distribution_var', 'distribution_std',
+             'distribution_std_ci', 'split_half_corr', 'mean_disagreement',
+             'disagreement_error_ratio', 'mean_error', 'cace', 'error_consistency', 'mean_churn',
+             'ensemble_accuracy_vote', 'ensemble_accuracy_softmax', 'seeds_needed',
              'seeds_needed_ci', 'ensemble_size_accuracy_vote', 'ensemble_size_accuracy_softmax')
 DELTAS = (0.001, 0.002, 0.005)
 
@@ -122,6 +124,11 @@ def numpy_reference(logits, labels, groups):
            'ensemble_accuracy_softmax': np.mean(mean_probs.argmax(-1) == labels),
            'cace': numpy_cace(votes, labels, m),
            'std_accuracy_ci': [np.nan, np.nan], 'distribution_std_ci': [np.nan, np.nan],
+           # Bonett's interval needs 5 models: every group here is smaller (its values:
+           # tests/laws_test.py).
+           'std_accuracy_ci_bonett': [np.nan, np.nan],
+           'accuracy_skewness': stats.skew(acc[idx], bias=False) if m >= 3 else np.nan,
+           'accuracy_excess_kurtosis': stats.kurtosis(acc[idx], bias=False) if m >= 4 else np.nan,
            'seeds_needed': [np.nan] * 3, 'seeds_needed_ci': [[np.nan] * 2] * 3}
     # Accuracy against size, averaged over every subset (the groups here are small
     # enough that the analysis enumerates them all too).
@@ -152,6 +159,8 @@ def numpy_reference(logits, labels, groups):
           seeds_needed_ci=[[seeds_closed_form(s, d) for s in std_ci] for d in DELTAS],
           split_half_corr=np.corrcoef(r['accuracy_even'][idx], r['accuracy_odd'][idx])[0, 1],
           mean_disagreement=np.mean(1 - (votes * (votes - 1)).sum(-1) / (m * (m - 1))),
+          disagreement_error_ratio=np.mean(
+              1 - (votes * (votes - 1)).sum(-1) / (m * (m - 1))) / (1 - acc[idx].mean()),
           error_consistency=np.mean([kappa[a, b] for a, b in pairs]),
           mean_churn=np.mean([churn[a, b] for a, b in pairs]))
     for name in PER_GROUP:
@@ -338,7 +347,14 @@ def test_calibrated_binary_std_predicts_the_test_set_std():
   # Ten classes: no such prediction.
   ten = to_numpy(analysis.analyze(jnp.asarray(bernoulli_logits(pred == labels, labels, 10)),
                                   jnp.asarray(labels), alpha_trim_resamples=2))
-  assert 'calibrated_binary_std' not in ten
+  binary = ('calibrated_binary_std', 'calibrated_binary_full_std', 'binary_premise_ratio')
+  assert not any(key in ten or key + '_ci' in ten for key in binary)
+  # Calibrated, no distribution-wise variance planted: the premise holds and Eq. 5 is
+  # the observed std (their gap is the premise's).
+  lo, hi = r['binary_premise_ratio_ci'][0]
+  assert lo < 1 < hi and hi - lo < 0.1
+  np.testing.assert_allclose(r['disagreement_error_ratio'][0], 1, atol=0.03)
+  assert abs(r['calibrated_binary_full_std'][0] / r['std_accuracy'][0] - 1) < 0.05
 
 
 def test_trimmed_distance_at_zero_is_two_sample_ks():
@@ -540,7 +556,9 @@ def test_results_hold_every_field_on_its_axis(planted):
   assert isinstance(r, analysis.Results)
   # Without the difficulty switches of init and with 10 classes, these stay empty.
   optional = {'normalized_margin_quantiles', 'mean_depth', 'calibrated_binary_std',
-              'calibrated_binary_std_ci', 'normalized_margin_quantile_accuracy_corr',
+              'calibrated_binary_std_ci', 'calibrated_binary_full_std',
+              'calibrated_binary_full_std_ci', 'binary_premise_ratio',
+              'binary_premise_ratio_ci', 'normalized_margin_quantile_accuracy_corr',
               'mean_prediction_depth', 'depth_accuracy_corr', 'depth_mean', 'depth_std',
               'normalized_margin', 'prediction_depth'}
   for part, leading in (('model', (8,)), ('group', (3,)), ('example', (3,)),

@@ -51,6 +51,7 @@ def finalize(state):
   spread = variance.variance_stats(acc, acc_even, acc_odd, member, state['group_correct'],
                                    state['chi2_table'])
   deltas, z = state['seeds_needed_deltas'], state['seeds_needed_z']
+  disagreement = agreement.mean_disagreement(state['votes'], size)
   curve = lambda correct: agreement.size_curve(correct, state['subset_slot'],
                                                state['ensemble_sizes'], n)
   results = {
@@ -70,7 +71,8 @@ def finalize(state):
       'ensemble_sizes': state['ensemble_sizes'],
       'ensemble_size_accuracy_vote': curve(state['subset_correct_vote']),
       'ensemble_size_accuracy_softmax': curve(state['subset_correct_softmax']),
-      'mean_disagreement': agreement.mean_disagreement(state['votes'], size),
+      'mean_disagreement': disagreement,
+      'disagreement_error_ratio': disagreement / spread['mean_error'],
       'cace': calibration.cace(state['votes'], state['labels'], size, num_models),
       'error_consistency': agreement.group_pair_mean(pair['error_kappa'], member),
       'mean_churn': agreement.group_pair_mean(pair['churn'], member),
@@ -81,8 +83,8 @@ def finalize(state):
       **pair,
   }
   if state['votes'].shape[-1] == 2:  # two classes: the study's Theorem 3
-    results['calibrated_binary_std'], results['calibrated_binary_std_ci'] = (
-        variance.calibrated_binary_std(spread['mean_error'], spread['std_accuracy'], size, n))
+    results.update(variance.binary_law_stats(spread, state['group_correct'], n,
+                                             state['chi2_table']))
   normalized = None
   if 'feature_margin' in state:
     normalized = difficulty.normalized_margin(state['feature_margin'], state['feature_sum'],

@@ -37,7 +37,10 @@ class GroupStats(NamedTuple):
   num_models: Optional[Array] = None
   mean_accuracy: Optional[Array] = None
   std_accuracy: Optional[Array] = None  # ddof 1
-  std_accuracy_ci: Optional[Array] = None  # (G, 2), chi-squared, 95%
+  std_accuracy_ci: Optional[Array] = None  # (G, 2), chi-squared, 95%: exact for normal accuracies
+  std_accuracy_ci_bonett: Optional[Array] = None  # (G, 2), kurtosis-adjusted (Bonett 2006)
+  accuracy_skewness: Optional[Array] = None
+  accuracy_excess_kurtosis: Optional[Array] = None
   independent_std: Optional[Array] = None  # what independent per-example errors predict
   independence_ratio: Optional[Array] = None  # std^2 / independent std^2
   distribution_var: Optional[Array] = None  # unbiased distribution-wise variance (may be < 0)
@@ -46,6 +49,7 @@ class GroupStats(NamedTuple):
   split_half_corr: Optional[Array] = None
   mean_disagreement: Optional[Array] = None  # of two distinct models
   mean_error: Optional[Array] = None
+  disagreement_error_ratio: Optional[Array] = None  # 1 for a class-wise calibrated ensemble
   cace: Optional[Array] = None  # class-aggregated calibration error of the vote fraction
   error_consistency: Optional[Array] = None  # mean kappa over pairs
   mean_churn: Optional[Array] = None
@@ -56,8 +60,12 @@ class GroupStats(NamedTuple):
   ensemble_size_accuracy_softmax: Optional[Array] = None  # (G, L)
   seeds_needed: Optional[Array] = None  # (G, D): seeds per arm for each difference
   seeds_needed_ci: Optional[Array] = None  # (G, D, 2): at the std interval's ends
-  calibrated_binary_std: Optional[Array] = None  # two classes: Theorem 3, sqrt(err / 2n)
+  calibrated_binary_std: Optional[Array] = None  # two classes: Theorem 3's Eq. 6, sqrt(err / 2n)
   calibrated_binary_std_ci: Optional[Array] = None  # (G, 2)
+  calibrated_binary_full_std: Optional[Array] = None  # Eq. 5, with the measured Var_D
+  calibrated_binary_full_std_ci: Optional[Array] = None  # (G, 2)
+  binary_premise_ratio: Optional[Array] = None  # V_ind / (err / 2n): 1 under calibration
+  binary_premise_ratio_ci: Optional[Array] = None  # (G, 2)
   margin_quantile_accuracy_corr: Optional[Array] = None  # (G, Q), Pearson r across models
   normalized_margin_quantile_accuracy_corr: Optional[Array] = None  # (G, Q)
   mean_prediction_depth: Optional[Array] = None
