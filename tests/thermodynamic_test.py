@@ -1,6 +1,6 @@
 """Thermodynamic integration and effective sample sizes against closed forms: AR(1) chains,
 a Gaussian's log Z(beta), and a conjugate Gaussian model's evidence through its power
-posteriors."""
+posteriors (exact moments, then HMC samples)."""
 
 import functools
 import math
@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from varjax.analysis import thermodynamic as td
+from varjax.training import hmc
 
 
 # Jitted once each: op-by-op dispatch of these small functions costs more than compiling.
@@ -164,3 +165,94 @@ def test_power_posterior_identity_with_exact_moments():
     errors[k] = trap, corr
   assert 3.0 < errors[10][0] / errors[20][0] < 5.0
   assert errors[10][1] / errors[20][1] > 8.0
+
+
+@functools.partial(jax.jit, static_argnames=('value_and_grad_of', 'num_steps', 'num_transitions'))
+def _rungs(value_and_grad_of, rung_params, x0, keys, step_size, temperature, num_steps,
+           num_transitions):
+  """One HMC chain a rung (vmapped), potential ``value_and_grad_of(rung_param)``.
+
+  Returns each chain's trace of params (K, n, ...).
+  """
+
+  def chain(rung_param, x, key, eps, t):
+    vg = value_and_grad_of(rung_param)
+
+    def body(state, k):
+      state, _ = hmc.hmc_step(vg, state, k, eps, t, num_steps, 0.2)
+      return state, state.params
+
+    return jax.lax.scan(body, hmc.init(vg, x), jax.random.split(key, num_transitions))[1]
+
+  return jax.vmap(chain)(rung_params, x0, keys, step_size, temperature)
+
+
+def _rung_stats(traces, burn_in):
+  return jax.jit(jax.vmap(td.chain_mean))(traces[:, burn_in:])
+
+
+def _check_gaussian_log_z(num_transitions, seed):
+  """log Z(beta_K) - log Z(beta_0) of U = sum x_i^2 / (2 sigma_i^2) from HMC at six rungs
+  T = 0.5 .. 8, against (d / 2) log(beta_0 / beta_K): within 4 reported standard errors
+  plus the reported quadrature error (zero for exact means in log beta)."""
+  sigma = jnp.array([0.5, 1.0, 2.0])
+  temps = jnp.asarray(np.geomspace(0.5, 8.0, 6), jnp.float32)
+  betas = 1 / temps
+  potential = lambda x: 0.5 * jnp.sum(jnp.square(x / sigma))
+  value_and_grad_of = lambda _: jax.value_and_grad(potential)
+  x0 = jnp.sqrt(temps)[:, None] * sigma
+  xs = _rungs(value_and_grad_of, temps, x0, jax.random.split(jax.random.key(seed), 6),
+              jnp.full(6, 0.3), temps, 6, num_transitions)
+  energies = jax.vmap(jax.vmap(potential))(xs)                   # (6, n)
+  s = _rung_stats(energies, num_transitions // 10)
+  exact = 1.5 * math.log(float(betas[0] / betas[-1]))
+  results = {}
+  for name, kwargs in (('trapezoid', {}),
+                       ('corrected', {'variance': s['variance'],
+                                      'variance_std_error': s['variance_std_error']})):
+    r = log_z(betas, s['mean'], s['std_error'], variable='log_beta', **kwargs)
+    est, se, qe = (float(r[k][-1]) for k in ('estimate', 'std_error', 'quadrature_error'))
+    assert abs(est - exact) < 4 * se + qe, (name, est, exact, se, qe)
+    results[name] = (est, exact, se, qe)
+  return results
+
+
+def test_log_z_of_a_gaussian_from_hmc_rungs():
+  print(_check_gaussian_log_z(3000, seed=0))
+
+
+@pytest.mark.slow
+def test_log_z_of_a_gaussian_from_hmc_rungs_long():
+  print(_check_gaussian_log_z(40_000, seed=1))
+
+
+def _check_evidence_from_hmc(num_transitions, seed, k=20):
+  """log p(D) of the conjugate model from HMC on its power posteriors (T = 1, potential
+  b NLL - log p), against the closed form: within 4 reported standard errors plus the
+  reported quadrature error."""
+  model = Conjugate()
+  b = jnp.asarray(friel_pettitt_ladder(k), jnp.float32)
+  value_and_grad_of = lambda bk: jax.value_and_grad(
+      lambda th: bk * model.negative_log_likelihood(th) + model.negative_log_prior(th))
+  # Step sizes from each rung's posterior sd (known here; a run would adapt them).
+  sd = np.sqrt([model.posterior(float(x))[1] for x in b])
+  mean0 = np.array([model.posterior(float(x))[0] for x in b])
+  thetas = _rungs(value_and_grad_of, b, jnp.asarray(mean0, jnp.float32),
+                  jax.random.split(jax.random.key(seed), k + 1), jnp.asarray(0.4 * sd, jnp.float32),
+                  jnp.ones(k + 1), 5, num_transitions)
+  log_l = -jax.vmap(jax.vmap(model.negative_log_likelihood))(thetas)
+  s = _rung_stats(log_l, num_transitions // 10)
+  r = log_evidence(b, s['mean'], s['std_error'], s['variance'], s['variance_std_error'])
+  exact = model.log_evidence()
+  est, se, qe = (float(r[key]) for key in ('estimate', 'std_error', 'quadrature_error'))
+  assert abs(est - exact) < 4 * se + qe, (est, exact, se, qe)
+  return est, exact, se, qe, float(r['trapezoid'])
+
+
+def test_evidence_of_a_conjugate_model_from_hmc_power_posteriors():
+  print(_check_evidence_from_hmc(2000, seed=0))
+
+
+@pytest.mark.slow
+def test_evidence_of_a_conjugate_model_from_hmc_power_posteriors_long():
+  print(_check_evidence_from_hmc(30_000, seed=1))
