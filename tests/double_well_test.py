@@ -72,7 +72,8 @@ def exact_bin_probabilities(temperature=1.0):
   density = lambda x: math.exp(-HEIGHT * (x * x - 1) ** 2 / temperature)
   lo, hi = -3.0, 3.0                                              # U / T > 700 beyond
   edges = np.clip(EDGES, lo, hi)
-  mass = np.array([integrate.quad(density, a, b, epsabs=1e-13)[0] for a, b in zip(edges[:-1], edges[1:])])
+  mass = np.array([integrate.quad(density, a, b, epsabs=1e-13)[0]
+                   for a, b in zip(edges[:-1], edges[1:])])
   return mass / mass.sum()
 
 

@@ -2,8 +2,10 @@
 a Gaussian's log Z(beta), and a conjugate Gaussian model's evidence through its power
 posteriors (exact moments, then HMC samples)."""
 
+import ast
 import functools
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +102,8 @@ def test_quadrature_on_a_gaussian_ladder():
 def test_quadrature_weights_hand_case():
   w, c = td.quadrature_weights(jnp.array([0.0, 1.0, 3.0]))
   np.testing.assert_allclose(w, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 1.5, 1.0]])
-  np.testing.assert_allclose(c, [[0, 0, 0], [1 / 12, -1 / 12, 0], [1 / 12, 4 / 12 - 1 / 12, -4 / 12]])
+  np.testing.assert_allclose(c, [[0, 0, 0], [1 / 12, -1 / 12, 0],
+                                 [1 / 12, 4 / 12 - 1 / 12, -4 / 12]])
   # Exact for a cubic: integral_0^3 t^3 = 81 / 4 from f and f' at the rungs.
   t = jnp.array([0.0, 1.0, 3.0])
   assert float((w @ t ** 3 + c @ (3 * t ** 2))[-1]) == pytest.approx(81 / 4)
@@ -256,3 +259,11 @@ def test_evidence_of_a_conjugate_model_from_hmc_power_posteriors():
 @pytest.mark.slow
 def test_evidence_of_a_conjugate_model_from_hmc_power_posteriors_long():
   print(_check_evidence_from_hmc(30_000, seed=1))
+
+
+def test_imports_nothing_else_from_varjax():
+  # analysis/ depends on nothing else in varjax (shared/ARCHITECTURE.md).
+  tree = ast.parse(pathlib.Path(td.__file__).read_text())
+  names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+  names += [n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+  assert not [m for m in names if m.split('.')[0] == 'varjax'], names

@@ -123,7 +123,8 @@ def _decide(energies, slots, betas, key, round_index, ladder_size):
                           jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
   # Slot s moves up when pair (s, s+1) swaps, down when pair (s-1, s) does.
   down = jnp.concatenate([jnp.zeros((1,), bool), accepted[:-1]])
-  slot_map = jnp.arange(n, dtype=slots.dtype) + accepted.astype(slots.dtype) - down.astype(slots.dtype)
+  slot_map = (jnp.arange(n, dtype=slots.dtype) + accepted.astype(slots.dtype)
+              - down.astype(slots.dtype))
   return slot_map, {'proposed': proposed, 'accepted': accepted,
                     'acceptance_probability': probability}
 

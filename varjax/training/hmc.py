@@ -114,7 +114,8 @@ def leapfrog(value_and_grad, params, momentum, potential, grad, step_size, num_s
   """
   if num_steps < 1:
     raise ValueError(f'num_steps={num_steps}: a trajectory needs at least one step.')
-  axpy = lambda a, x, y: jax.tree.map(lambda xi, yi: (yi + a * xi).astype(jnp.result_type(yi)), x, y)
+  axpy = lambda a, x, y: jax.tree.map(
+      lambda xi, yi: (yi + a * xi).astype(jnp.result_type(yi)), x, y)
   momentum = axpy(-0.5 * step_size, grad, momentum)
 
   def body(i, carry):
