@@ -1,5 +1,6 @@
 """HMC with replica exchange on a double well: the cold replica's histogram matches the
 exact density only with exchange; without it the chain stays in the well it started in.
+The run's energies by slot also give log Z(1 / 16) - log Z(1) by thermodynamic integration.
 
 U(x) = h (x^2 - 1)^2 with h = 12, target exp(-U / T) at T = 1: a barrier of 12 T at
 x = 0 between wells at +-1. Plain HMC crosses only when a transition's total energy
@@ -92,6 +93,24 @@ def chi_squared(x, probabilities):
   return float(np.sum(ess * (freq - probabilities) ** 2 / probabilities)), freq, ess
 
 
+def exact_log_z(temperature):
+  value, _ = integrate.quad(lambda x: math.exp(-HEIGHT * (x * x - 1) ** 2 / temperature), -4, 4,
+                            epsabs=1e-13, points=[-1.0, 0.0, 1.0])
+  return math.log(value)
+
+
+def log_z_check(temps, slot_energies):
+  """log Z(1 / 16) - log Z(1) by thermodynamic integration over the exchange run's rungs
+  (their energies by slot, from the exchange's all-gather), against quadrature."""
+  stats_by_rung = jax.jit(jax.vmap(td.chain_mean, in_axes=1))(slot_energies)
+  r = td.log_partition_difference(1.0 / temps, stats_by_rung['mean'], stats_by_rung['std_error'],
+                                  stats_by_rung['variance'], stats_by_rung['variance_std_error'],
+                                  variable='log_beta')
+  return {'estimate': float(r['estimate'][-1]), 'trapezoid': float(r['trapezoid'][-1]),
+          'exact': exact_log_z(float(temps[-1])) - exact_log_z(float(temps[0])),
+          'std_error': float(r['std_error'][-1]), 'quadrature_error': float(r['quadrature_error'][-1])}
+
+
 def _check(num_rounds, seed):
   """Returns the figures the tests assert on (and print)."""
   key = jax.random.key(seed)
@@ -113,6 +132,7 @@ def _check(num_rounds, seed):
     if exchange:
       rates = rx.pair_acceptance_rates(swap_info)
       out[exchange]['swap_rates'] = np.asarray(rates['probability']).round(3).tolist()
+      out['log_z'] = log_z_check(temps, swap_info['slot_energies'][burn:])
   return out
 
 
@@ -123,6 +143,10 @@ def _assert(out):
   assert ex['chi2'] < out['bound'], out
   assert abs(ex['right_well'] - 0.5) < 4 * ex['right_well_se'], out
   assert min(ex['swap_rates']) > 0.3, out
+  # Thermodynamic integration over the same run's ladder (rungs correlated by the swaps,
+  # so the propagated se is approximate): within 4 se plus the quadrature error.
+  z = out['log_z']
+  assert abs(z['estimate'] - z['exact']) < 4 * z['std_error'] + z['quadrature_error'], out
   # Without: every sample stays in the starting well, and the same check fails by far.
   assert plain['right_well'] == 1.0 and plain['well_changes'] == 0, out
   assert plain['chi2'] > 10 * out['bound'], out

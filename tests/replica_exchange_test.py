@@ -183,6 +183,7 @@ def test_sharded_exchange_matches_one_device_with_one_all_gather():
     for k in want_info:
       np.testing.assert_array_equal(got_info[k], want_info[k])
     swaps += int(want_info['accepted'].sum())
+    np.testing.assert_array_equal(got_info['slot_energies'], energies[jnp.argsort(slots)])
     slots = got_slots
   assert 0 < swaps < 6 * (n // 2)
 

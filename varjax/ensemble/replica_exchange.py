@@ -104,7 +104,10 @@ def swap(energies, slots, betas, key, round_index, ladder_size=None):
   Returns:
     (new_slots, info): new_slots (N,) int, each model's slot after the round; info a
     dict of (N,) arrays whose entry s is for the pair (s, s + 1): proposed (bool),
-    accepted (bool), acceptance_probability (min(1, ratio); 0 where not proposed).
+    accepted (bool), acceptance_probability (min(1, ratio); 0 where not proposed);
+    and slot_energies, entry s the energy in slot s before the round (rung s's sample
+    of the energy, which thermodynamic integration averages: every device has the
+    whole ladder's without another collective).
   """
   slot_map, info = _decide(energies, slots, betas, key, round_index, ladder_size)
   return slot_map[slots], info
@@ -114,7 +117,8 @@ def _decide(energies, slots, betas, key, round_index, ladder_size):
   """``swap``'s decisions as slot_map (N,): the slot that each slot's model moves to."""
   n = energies.shape[0]
   model_in_slot = jnp.zeros(n, slots.dtype).at[slots].set(jnp.arange(n, dtype=slots.dtype))
-  log_ratio = swap_log_ratio(betas, energies[model_in_slot])
+  slot_energies = energies[model_in_slot]
+  log_ratio = swap_log_ratio(betas, slot_energies)
   proposed = pair_mask(n, round_index, ladder_size)
   u = jax.random.uniform(key, (n,), log_ratio.dtype)
   # u < min(1, ratio) as log u < log ratio: no overflow; a NaN ratio compares False.
@@ -126,7 +130,7 @@ def _decide(energies, slots, betas, key, round_index, ladder_size):
   slot_map = (jnp.arange(n, dtype=slots.dtype) + accepted.astype(slots.dtype)
               - down.astype(slots.dtype))
   return slot_map, {'proposed': proposed, 'accepted': accepted,
-                    'acceptance_probability': probability}
+                    'acceptance_probability': probability, 'slot_energies': slot_energies}
 
 
 def exchange(energies, slots, betas, key, round_index, ladder_size=None, axis_name=MODELS):
