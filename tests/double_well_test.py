@@ -40,7 +40,7 @@ def potential(x):
 VALUE_AND_GRAD = jax.value_and_grad(potential)
 
 
-@functools.partial(jax.jit, static_argnames=('num_rounds', 'exchange'))
+@functools.partial(jax.jit, static_argnames='num_rounds')
 def run(key, temperatures, num_rounds, exchange):
   """Every model starts at x = +1 in slot = its index; each round one HMC transition per
   model at its slot's temperature, then (with ``exchange``) one swap round.
@@ -60,8 +60,7 @@ def run(key, temperatures, num_rounds, exchange):
         lambda s, kk, t: hmc.hmc_step(VALUE_AND_GRAD, s, kk, STEP_SIZE, t, NUM_STEPS, 0.2))(
             states, jax.random.split(hmc_key, k), temperatures[slots])
     new_slots, swap_info = rx.swap(states.potential, slots, betas, swap_key, r)
-    if exchange:
-      slots = new_slots
+    slots = jnp.where(exchange, new_slots, slots)        # traced: one compilation for both runs
     cold = states.params[jnp.argmin(slots)]
     return (states, slots), (cold, swap_info, info['accepted'])
 
@@ -99,13 +98,17 @@ def exact_log_z(temperature):
   return math.log(value)
 
 
+@jax.jit
+def _log_z(temps, slot_energies):
+  s = jax.vmap(td.chain_mean, in_axes=1)(slot_energies)
+  return td.log_partition_difference(1.0 / temps, s['mean'], s['std_error'], s['variance'],
+                                     s['variance_std_error'], variable='log_beta')
+
+
 def log_z_check(temps, slot_energies):
   """log Z(1 / 16) - log Z(1) by thermodynamic integration over the exchange run's rungs
   (their energies by slot, from the exchange's all-gather), against quadrature."""
-  stats_by_rung = jax.jit(jax.vmap(td.chain_mean, in_axes=1))(slot_energies)
-  r = td.log_partition_difference(1.0 / temps, stats_by_rung['mean'], stats_by_rung['std_error'],
-                                  stats_by_rung['variance'], stats_by_rung['variance_std_error'],
-                                  variable='log_beta')
+  r = _log_z(temps, slot_energies)
   return {'estimate': float(r['estimate'][-1]), 'trapezoid': float(r['trapezoid'][-1]),
           'exact': exact_log_z(float(temps[-1])) - exact_log_z(float(temps[0])),
           'std_error': float(r['std_error'][-1]), 'quadrature_error': float(r['quadrature_error'][-1])}
@@ -121,10 +124,10 @@ def _check(num_rounds, seed):
   bound = stats.chi2.ppf(0.999, df)
   out = {'bound': bound}
   for exchange in (True, False):
-    cold, swap_info, accepted = run(key, temps, num_rounds, exchange)
+    cold, swap_info, accepted = run(key, temps, num_rounds, jnp.bool_(exchange))
     x = cold[burn:]
     stat, freq, ess = chi_squared(x, p)
-    right = td.chain_mean((x > 0).astype(jnp.float32))
+    right = jax.jit(td.chain_mean)((x > 0).astype(jnp.float32))
     out[exchange] = {'chi2': stat, 'right_well': float(right['mean']),
                      'right_well_se': float(right['std_error']), 'min_bin_ess': float(ess.min()),
                      'well_changes': int(np.sum(np.diff(np.sign(np.asarray(x))) != 0)),
