@@ -36,6 +36,12 @@ Two identities, each exact under its premise:
    energies -log L and inverse temperatures b: the prior terms cancel in the swap
    ratio) sample it; only the potential differs. ``log_evidence`` computes it.
 
+   The ladders coincide when the prior is flat on a bounded region B (uniform,
+   p = 1 / |B|): exp(-beta U) restricted to B is then the power posterior at b = beta,
+   and Z(0) = |B| anchors identity 1. The finite-temperature study behind issue 31
+   (Baldock & Marzari 2019, arXiv:1904.04154; code github.com/rjnbaldock/nn_sample)
+   sampled such a box prior; with a Gaussian prior, use the power-posterior ladder.
+
 Quadrature. On rungs t_0 < ... < t_K with h_j = t_{j+1} - t_j the trapezoid rule
 errs by -h_j^3 f''(xi_j) / 12 per interval. Since the integrand's derivative is a
 variance (above), the per-rung variances give the Euler-Maclaurin endpoint
