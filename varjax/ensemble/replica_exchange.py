@@ -15,7 +15,10 @@ each proposal with
 E_s the energy of the model in slot s. That is the Metropolis ratio of the product
 target prod_s exp(-beta_s E_s) after the swap to before it: the cold slot (larger
 beta) takes the lower energy with certainty. A NaN energy makes the ratio NaN and
-the swap is refused.
+the swap is refused. Alternating the parity deterministically (rather than drawing
+it each round) is the non-reversible even-odd scheme, under which a replica travels
+the ladder in O(K) rounds instead of the O(K^2) of a random walk (Syed et al. 2019,
+"Non-reversible parallel tempering"); each round still keeps the product target.
 
 The same ratio serves both ladders of ``varjax.analysis.thermodynamic``: energies U
 (likelihood and prior) with beta = 1 / T for the tempered ladder exp(-U / T); energies
