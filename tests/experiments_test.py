@@ -9,7 +9,8 @@ from conftest import REPO
 CONFIGS = {'airbench.py': ('', 'cpu', 'smoke'), 'lr_sweep.py': ('', 'cpu', 'smoke'),
            'binary.py': ('cpu', 'smoke'), 'label_noise.py': ('', 'cpu', 'smoke')}
 SWEEPS = {'epochs_sweep.py': ('', 'cpu', 'converge', 'converge_1k', 'smoke'),
-          'randomness_sweep.py': ('cpu', 'smoke'), 'batch_sweep.py': ('', 'cpu', 'smoke')}
+          'randomness_sweep.py': ('cpu', 'power_short', 'power_long', 'smoke'),
+          'batch_sweep.py': ('', 'cpu', 'smoke'), 'scale_sweep.py': ('cpu', 'smoke')}
 
 
 @pytest.mark.parametrize('name,variant', [(n, v) for n, vs in CONFIGS.items() for v in vs])
