@@ -62,34 +62,14 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
     >>> state = init(8, 10_000, 10, groups=[0] * 4 + [1] * 4, ensemble_subsets=8)
   """
   n, k = num_examples, num_classes
-  groups = np.zeros(num_models, np.int32) if groups is None else np.asarray(groups)
-  if groups.shape != (num_models,) or groups.min() < -1:
-    raise ValueError(f'groups must be {num_models} ints >= -1, got {groups!r}')
-  num_groups = int(groups.max()) + 1 if num_groups is None else num_groups
-  if num_groups < 1 or groups.max() >= num_groups:
-    raise ValueError(f'groups {groups!r} do not fit num_groups={num_groups}')
-  grid = np.asarray(DEFAULT_ALPHA_GRID if alpha_grid is None else alpha_grid, np.float32)
-  if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0) or grid[0] < 0 or (
-      grid[-1] >= 0.5):
-    raise ValueError(f'alpha_grid must increase within [0, 0.5), got {grid!r}')
-  if alpha_trim_resamples < 1 or ensemble_subsets < 1:
-    raise ValueError(f'alpha_trim_resamples and ensemble_subsets must be >= 1, got '
-                     f'{alpha_trim_resamples}, {ensemble_subsets}')
-  deltas = np.asarray(seeds_needed_deltas, np.float32)
-  if deltas.ndim != 1 or deltas.size == 0 or np.any(deltas <= 0):
-    raise ValueError(f'seeds_needed_deltas must be positive, got {seeds_needed_deltas!r}')
+  groups, num_groups, grid, deltas = _checked(num_models, groups, num_groups, alpha_grid,
+                                              alpha_trim_resamples, ensemble_subsets,
+                                              seeds_needed_deltas)
   subsets, slots, sizes = agreement.ensemble_subsets(
       groups, num_groups, ensemble_subsets, np.random.default_rng([seed, 2]))
   i32, f32 = jnp.int32, jnp.float32
-  optional = {}
-  if prediction_depth:
-    optional['depth'] = jnp.zeros((num_models, n), i32)
-  if feature_dim:
-    optional.update(feature_margin=jnp.zeros((num_models, n), f32),
-                    feature_sum=jnp.zeros((num_models, feature_dim), f32),
-                    feature_sq=jnp.zeros((num_models,), f32))
   return {
-      **optional,
+      **_optional(num_models, n, prediction_depth, feature_dim),
       'margin_quantile_levels': jnp.asarray(margin_quantiles, f32),
       'member': jnp.asarray(group_membership(groups, num_groups)),
       'labels': jnp.zeros((n,), i32),
@@ -119,6 +99,40 @@ def init(num_models, num_examples, num_classes, groups=None, *, num_groups=None,
       'trim_keys': jax.random.key_data(
           jax.random.split(jax.random.fold_in(jax.random.key(seed), 0), alpha_trim_resamples)),
   }
+
+
+def _checked(num_models, groups, num_groups, alpha_grid, alpha_trim_resamples,
+             ensemble_subsets, seeds_needed_deltas):
+  """``init``'s arguments as arrays: (groups, num_groups, alpha grid, deltas); ValueError if bad."""
+  groups = np.zeros(num_models, np.int32) if groups is None else np.asarray(groups)
+  if groups.shape != (num_models,) or groups.min() < -1:
+    raise ValueError(f'groups must be {num_models} ints >= -1, got {groups!r}')
+  num_groups = int(groups.max()) + 1 if num_groups is None else num_groups
+  if num_groups < 1 or groups.max() >= num_groups:
+    raise ValueError(f'groups {groups!r} do not fit num_groups={num_groups}')
+  grid = np.asarray(DEFAULT_ALPHA_GRID if alpha_grid is None else alpha_grid, np.float32)
+  if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0) or grid[0] < 0 or (
+      grid[-1] >= 0.5):
+    raise ValueError(f'alpha_grid must increase within [0, 0.5), got {grid!r}')
+  if alpha_trim_resamples < 1 or ensemble_subsets < 1:
+    raise ValueError(f'alpha_trim_resamples and ensemble_subsets must be >= 1, got '
+                     f'{alpha_trim_resamples}, {ensemble_subsets}')
+  deltas = np.asarray(seeds_needed_deltas, np.float32)
+  if deltas.ndim != 1 or deltas.size == 0 or np.any(deltas <= 0):
+    raise ValueError(f'seeds_needed_deltas must be positive, got {seeds_needed_deltas!r}')
+  return groups, num_groups, grid, deltas
+
+
+def _optional(num_models, n, prediction_depth, feature_dim):
+  """The accumulators of the difficulty probes ``init`` was asked for."""
+  out = {}
+  if prediction_depth:
+    out['depth'] = jnp.zeros((num_models, n), jnp.int32)
+  if feature_dim:
+    out.update(feature_margin=jnp.zeros((num_models, n), jnp.float32),
+               feature_sum=jnp.zeros((num_models, feature_dim), jnp.float32),
+               feature_sq=jnp.zeros((num_models,), jnp.float32))
+  return out
 
 
 def group_membership(groups, num_groups):

@@ -32,42 +32,56 @@ def finalize(state):
     >>> results = jax.jit(finalize)(state)   # doctest: +SKIP
   """
   member = state['member']
-  num_models, n = state['margin'].shape
-  size = member.sum(0)
+  n = state['margin'].shape[1]
   acc = state['correct'] / n
   acc_even = state['correct_even'] / ((n + 1) // 2)
   acc_odd = state['correct_odd'] / max(n // 2, 1)
+  spread = variance.variance_stats(acc, acc_even, acc_odd, member, state['group_correct'],
+                                   state['chi2_table'])
+  results = {'accuracy': acc, 'accuracy_even': acc_even, 'accuracy_odd': acc_odd,
+             'ece': calibration.ece(state['ece_conf'], state['ece_correct'], n),
+             'margin_median': jnp.median(state['margin'], axis=1), 'margin': state['margin'],
+             **_alpha_trim(state), **spread, **_agreement(state, spread)}
+  deltas, z = state['seeds_needed_deltas'], state['seeds_needed_z']
+  results['seeds_needed'] = power.seeds_per_arm(spread['std_accuracy'], deltas, z)
+  results['seeds_needed_ci'] = jnp.moveaxis(
+      power.seeds_per_arm(spread['std_accuracy_ci'], deltas, z), -2, -1)
+  if state['votes'].shape[-1] == 2:  # two classes: the study's Theorem 3
+    results.update(variance.binary_law_stats(spread, state['group_correct'], n,
+                                             state['chi2_table']))
+  results.update(_difficulty(state, acc, results['example_accuracy']))
+  return result_records.Results.from_flat(results)
 
+
+def _alpha_trim(state):
+  """Per model: the mean alpha-trimming level over the test-set resamples in which a
+  level of the grid passed, and the share of resamples in which none did."""
+  n = state['margin'].shape[1]
   example_keys = jax.random.wrap_key_data(state['trim_keys'])
   weights = jax.vmap(functools.partial(trimming.bootstrap_weights, n=n))(example_keys)
-  alpha_levels = trimming.alpha_trim_levels(state['margin'], member, state['alpha_grid'],
-                                            weights)
+  levels = trimming.alpha_trim_levels(state['margin'], state['member'], state['alpha_grid'],
+                                      weights)
+  beyond = levels == trimming.BEYOND_GRID
+  passed = jnp.sum(~beyond, axis=0)
+  return {'alpha_trim': jnp.where(passed > 0, jnp.sum(jnp.where(beyond, 0, levels), 0)
+                                  / jnp.maximum(passed, 1), jnp.nan),
+          'alpha_trim_beyond_grid': jnp.mean(beyond.astype(jnp.float32), 0) + jnp.where(
+              jnp.isnan(levels[0]), jnp.nan, 0)}
 
+
+def _agreement(state, spread):
+  """Pairs of models (churn, error kappa), the groups' agreement, ensembles and calibration."""
+  member = state['member']
+  num_models, n = state['margin'].shape
+  size = member.sum(0)
   pair = agreement.pairwise(state['both_correct'], state['same_pred'], state['correct'], n)
   vote_acc, softmax_acc = agreement.ensemble_accuracy(
       state['votes'], state['prob_sum'], state['labels'], size)
-  beyond = alpha_levels == trimming.BEYOND_GRID
-  passed = jnp.sum(~beyond, axis=0)
-  spread = variance.variance_stats(acc, acc_even, acc_odd, member, state['group_correct'],
-                                   state['chi2_table'])
-  deltas, z = state['seeds_needed_deltas'], state['seeds_needed_z']
   disagreement = agreement.mean_disagreement(state['votes'], size)
   curve = lambda correct: agreement.size_curve(correct, state['subset_slot'],
                                                state['ensemble_sizes'], n)
-  results = {
-      'accuracy': acc,
-      'accuracy_even': acc_even,
-      'accuracy_odd': acc_odd,
-      'ece': calibration.ece(state['ece_conf'], state['ece_correct'], n),
-      'margin_median': jnp.median(state['margin'], axis=1),
-      'alpha_trim': jnp.where(passed > 0, jnp.sum(jnp.where(beyond, 0, alpha_levels), 0)
-                              / jnp.maximum(passed, 1), jnp.nan),
-      'alpha_trim_beyond_grid': jnp.mean(beyond.astype(jnp.float32), 0) + jnp.where(
-          jnp.isnan(alpha_levels[0]), jnp.nan, 0),
-      **spread,
-      'seeds_needed': power.seeds_per_arm(spread['std_accuracy'], deltas, z),
-      'seeds_needed_ci': jnp.moveaxis(
-          power.seeds_per_arm(spread['std_accuracy_ci'], deltas, z), -2, -1),
+  return {
+      **pair,
       'ensemble_sizes': state['ensemble_sizes'],
       'ensemble_size_accuracy_vote': curve(state['subset_correct_vote']),
       'ensemble_size_accuracy_softmax': curve(state['subset_correct_softmax']),
@@ -79,24 +93,23 @@ def finalize(state):
       'ensemble_accuracy_vote': vote_acc,
       'ensemble_accuracy_softmax': softmax_acc,
       'vote_counts': state['votes'],
-      'margin': state['margin'],
-      **pair,
   }
-  if state['votes'].shape[-1] == 2:  # two classes: the study's Theorem 3
-    results.update(variance.binary_law_stats(spread, state['group_correct'], n,
-                                             state['chi2_table']))
-  normalized = None
+
+
+def _difficulty(state, accuracy, example_accuracy):
+  """Margins' quantiles and correlations, and the optional probes' statistics."""
+  n = state['margin'].shape[1]
+  out, normalized = {}, None
   if 'feature_margin' in state:
     normalized = difficulty.normalized_margin(state['feature_margin'], state['feature_sum'],
                                               state['feature_sq'], n)
-    results['normalized_margin'] = normalized
-  results.update(difficulty.margin_stats(state['margin'], acc, member,
-                                         state['margin_quantile_levels'], normalized))
+    out['normalized_margin'] = normalized
+  out.update(difficulty.margin_stats(state['margin'], accuracy, state['member'],
+                                     state['margin_quantile_levels'], normalized))
   if 'depth' in state:
-    results['prediction_depth'] = state['depth']
-    results.update(difficulty.depth_stats(state['depth'], member,
-                                          results['example_accuracy']))
-  return result_records.Results.from_flat(results)
+    out['prediction_depth'] = state['depth']
+    out.update(difficulty.depth_stats(state['depth'], state['member'], example_accuracy))
+  return out
 
 
 def analyze(logits, labels, groups=None, batch_size=1000, **init_kwargs):

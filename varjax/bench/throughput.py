@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax import ensemble as ensemble_lib
-from varjax.ensemble import options as ensemble_options
 from varjax.ensemble import mesh as mesh_lib
 from varjax.run import evaluate
 
@@ -162,61 +161,27 @@ def benchmark(base, models=(8, 32), formulations=('auto',), steps=5, sequential=
 
   ``peer``: the command of a peer trainer to time in the same run, or None.
   """
-  backend = jax.default_backend()
-  widths = tuple(base.model.widths)
   batch = base.train.batch_size
-  compute_dtype = ensemble_options.resolve_compute_dtype(base.ensemble.compute_dtype, backend)
-  dtype = ensemble_options.COMPUTE_DTYPES[compute_dtype]
-  peak = matmul_peak_flops(dtype)
   fraction = live_fraction(base)
-  flops = (fraction * train_flops_per_image(widths)
-           + (1 - fraction) * train_flops_per_image(widths, whiten_bias_live=False))
-  epoch_images = base.data.train_size or 50_000
   # Enough training images for every timed step of both phases.
   num_train = batch * (2 * (steps * repeats + 1) + 2)
-  sequential_rate = None
+  rates = {'sequential': None, 'peer': None, 'peer_rates': None}
   if sequential:
     one = base.copy_and_resolve_references()
     one.num_models, one.ensemble.models_per_chunk = 1, 1
     one.ensemble.formulation = 'unrolled'
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
     _, _, one_times = time_training(one, num_train, steps, mesh, repeats)
-    sequential_rate = batch / run_step_seconds(one_times, fraction)
-  peer_rate = peer_rates = None
+    rates['sequential'] = batch / run_step_seconds(one_times, fraction)
   if peer:
-    peer_rate, peer_rates = time_peer(peer, base, max(steps, 10))
+    rates['peer'], rates['peer_rates'] = time_peer(peer, base, max(steps, 10))
   for formulation in formulations:
     for n in models:
       config = base.copy_and_resolve_references()
       config.num_models = n
       config.ensemble.formulation = formulation
       ens, state, times = time_training(config, num_train, steps, repeats=repeats)
-      seconds = run_step_seconds(times, fraction)
-      throughput = n * batch / seconds
-      rounded = lambda v, d=4: None if v is None else round(v, d)
-      record = {
-          'backend': backend, 'device': jax.devices()[0].device_kind,
-          'num_devices': jax.device_count(), 'num_models': n,
-          'formulation': ens.formulation, 'models_per_chunk': ens.models_per_chunk,
-          'compute_dtype': compute_dtype, 'widths': widths, 'batch_size': batch,
-          'compile_s': round(times['live_compile_s'], 2),
-          'frozen_compile_s': rounded(times['frozen_compile_s'], 2),
-          'live_step_s': round(times['live_step_s'], 4),
-          'frozen_step_s': rounded(times['frozen_step_s']),
-          'live_fraction': round(fraction, 4), 'step_s': round(seconds, 4),
-          'ensemble_model_images_per_s': round(throughput, 1),
-          'sequential_model_images_per_s': sequential_rate and round(sequential_rate, 1),
-          'ratio': sequential_rate and round(throughput / sequential_rate, 3),
-          'peer_model_images_per_s': peer_rate and round(peer_rate, 1),
-          'peer_live_frozen': peer_rates and [peer_rates['live']['model_images_per_s'],
-                                              peer_rates['frozen']['model_images_per_s']],
-          'ratio_to_peer': peer_rate and round(throughput / peer_rate, 3),
-          'train_gflop_per_image': round(flops / 1e9, 4),
-          'achieved_tflop_per_s': round(throughput * flops / 1e12, 3),
-          'peak_matmul_tflop_per_s': round(peak / 1e12, 3),
-          'mfu': round(throughput * flops / peak, 4),
-          'runs_per_hour': round(throughput * 3600 / (base.train.epochs * epoch_images), 1),
-      }
+      record = _record(base, ens, times, rates)
       if evaluation:
         num_test = min(2 * base.eval.batch_size, 10_000)
         record['eval_model_images_per_s'] = round(
@@ -224,3 +189,41 @@ def benchmark(base, models=(8, 32), formulations=('auto',), steps=5, sequential=
         record['eval_tta_level'] = base.eval.tta_level
       yield record
       del state
+
+
+def _record(base, ens, times, rates):
+  """The JSON record of one timed ensemble (see the module docstring)."""
+  backend = jax.default_backend()
+  widths, batch, n = tuple(base.model.widths), base.train.batch_size, ens.num_models
+  fraction = live_fraction(base)
+  flops = (fraction * train_flops_per_image(widths)
+           + (1 - fraction) * train_flops_per_image(widths, whiten_bias_live=False))
+  peak = matmul_peak_flops(ens.options.dtype)
+  seconds = run_step_seconds(times, fraction)
+  throughput = n * batch / seconds
+  rounded = lambda v, d=4: None if v is None else round(v, d)
+  sequential, peer, peer_rates = rates['sequential'], rates['peer'], rates['peer_rates']
+  return {
+      'backend': backend, 'device': jax.devices()[0].device_kind,
+      'num_devices': jax.device_count(), 'num_models': n,
+      'formulation': ens.formulation, 'models_per_chunk': ens.models_per_chunk,
+      'compute_dtype': ens.compute_dtype, 'widths': widths, 'batch_size': batch,
+      'compile_s': round(times['live_compile_s'], 2),
+      'frozen_compile_s': rounded(times['frozen_compile_s'], 2),
+      'live_step_s': round(times['live_step_s'], 4),
+      'frozen_step_s': rounded(times['frozen_step_s']),
+      'live_fraction': round(fraction, 4), 'step_s': round(seconds, 4),
+      'ensemble_model_images_per_s': round(throughput, 1),
+      'sequential_model_images_per_s': sequential and round(sequential, 1),
+      'ratio': sequential and round(throughput / sequential, 3),
+      'peer_model_images_per_s': peer and round(peer, 1),
+      'peer_live_frozen': peer_rates and [peer_rates['live']['model_images_per_s'],
+                                          peer_rates['frozen']['model_images_per_s']],
+      'ratio_to_peer': peer and round(throughput / peer, 3),
+      'train_gflop_per_image': round(flops / 1e9, 4),
+      'achieved_tflop_per_s': round(throughput * flops / 1e12, 3),
+      'peak_matmul_tflop_per_s': round(peak / 1e12, 3),
+      'mfu': round(throughput * flops / peak, 4),
+      'runs_per_hour': round(throughput * 3600 / (base.train.epochs
+                                                  * (base.data.train_size or 50_000)), 1),
+  }

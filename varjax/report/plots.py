@@ -75,13 +75,36 @@ def plot_all(summary, per_example, workdir, swept):
 
   groups = summary['groups']
   names = [g.get('name', str(g['group'])) for g in groups]
+  _plot_std_vs_swept(groups, names, swept, workdir, plt)
+  _plot_observed_vs_independent(groups, names, swept, workdir, plt)
+  accs = {g['group']: [] for g in groups}
+  for m in summary['models']:
+    accs[m['group']].append(100 * m['test_accuracy'])
+  _histograms(plt, [accs[g['group']] for g in groups], names, 'test accuracy of a model (%)',
+              'models', os.path.join(workdir, PLOTS[2]))
+  if per_example is not None:
+    p = per_example['example_accuracy']
+    _histograms(plt, [p[g] for g in range(len(groups))], names,
+                'per-example accuracy p_i over the group\'s models', 'test examples',
+                os.path.join(workdir, PLOTS[3]), bins=np.linspace(0, 1, 21))
+  if ENSEMBLE_PLOT in variance_plots(summary, per_example):
+    plot_ensemble_sizes(summary, workdir, plt)
+  plot_difficulty(summary, per_example, workdir, plt)
+  report_lenses.plot_lenses(summary, workdir, plt)
+
+def _columns(groups, swept):
+  """x, its label, log scale, the sort order and pct(key) / band(key) of the groups' values."""
   x, xlabel, log = x_axis(groups, swept)
   order = np.argsort(x, kind='stable')
   pct = lambda key: 100 * _floats([g.get(key) for g in groups])[order]
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
   band = lambda key: 100 * np.array([g.get(key) or [None, None] for g in groups],
                                     dtype=float)[order]
+  return x, xlabel, log, order, pct, band
+
+
+def _plot_std_vs_swept(groups, names, swept, workdir, plt):
+  x, xlabel, log, order, pct, band = _columns(groups, swept)
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
   ci, dist_ci = band('std_accuracy_ci'), band('distribution_std_ci')
   line, = ax.plot(x[order], pct('std_accuracy'), 'o-', label='test-set std (95% CI band)')
   ax.fill_between(x[order], ci[:, 0], ci[:, 1], alpha=0.2, color=line.get_color())
@@ -104,6 +127,9 @@ def plot_all(summary, per_example, workdir, swept):
   fig.savefig(os.path.join(workdir, PLOTS[0]), dpi=120)
   plt.close(fig)
 
+
+def _plot_observed_vs_independent(groups, names, swept, workdir, plt):
+  _, _, _, order, pct, band = _columns(groups, swept)
   fig, ax = plt.subplots(figsize=(5, 5))
   ind, obs = pct('independent_std'), pct('std_accuracy')
   ci = band('std_accuracy_ci')
@@ -128,21 +154,6 @@ def plot_all(summary, per_example, workdir, swept):
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, PLOTS[1]), dpi=120)
   plt.close(fig)
-
-  accs = {g['group']: [] for g in groups}
-  for m in summary['models']:
-    accs[m['group']].append(100 * m['test_accuracy'])
-  _histograms(plt, [accs[g['group']] for g in groups], names, 'test accuracy of a model (%)',
-              'models', os.path.join(workdir, PLOTS[2]))
-  if per_example is not None:
-    p = per_example['example_accuracy']
-    _histograms(plt, [p[g] for g in range(len(groups))], names,
-                'per-example accuracy p_i over the group\'s models', 'test examples',
-                os.path.join(workdir, PLOTS[3]), bins=np.linspace(0, 1, 21))
-  if ENSEMBLE_PLOT in variance_plots(summary, per_example):
-    plot_ensemble_sizes(summary, workdir, plt)
-  plot_difficulty(summary, per_example, workdir, plt)
-  report_lenses.plot_lenses(summary, workdir, plt)
 
 
 def plot_ensemble_sizes(summary, workdir, plt):
