@@ -148,10 +148,10 @@ def time_evaluation(ens, state, num_test, batch_size):
   rep = mesh_lib.replicated(ens.mesh)
   images = jax.device_put(rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8), rep)
   labels = jax.device_put(rng.integers(0, 10, num_test).astype(np.int32), rep)
-  evaluate = evaluate.make_evaluator(ens, num_test, 10, batch_size, ens.config.analysis)
-  evaluate(state, images, labels)
+  run = evaluate.make_evaluator(ens, num_test, 10, batch_size, ens.config.analysis)
+  run(state, images, labels)
   start = time.perf_counter()
-  evaluate(state, images, labels)
+  run(state, images, labels)
   return ens.num_models * num_test / (time.perf_counter() - start)
 
 
