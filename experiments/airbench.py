@@ -192,6 +192,18 @@ def get_config(arg=None):
   # 'ynnpack' (jaxlib's default, which runs each convolution on one thread;
   # BENCHMARKS.md). Ignored on accelerators.
   c.ensemble.cpu_conv_library = 'eigen'
+  # How the training batch is cropped and flipped (the same pixels): 'gather' (one
+  # gather of each crop's bytes), 'batch_crop' (the batch's whole images gathered
+  # from rows, then cropped by selects), 'auto' (batch_crop on TPU, whose compiler
+  # charges the per-pixel gather 69 GB of a 4-model step; gather elsewhere).
+  c.ensemble.augment_crop = 'auto'
+  # How the groups' 2x2 max pools are differentiated (models/airbench.py
+  # max_pool): 'windows' (window bits kept, gradient split among ties as JAX's
+  # rule), 'reshape' (JAX's rule on a reshape), 'reduce_window' (XLA's
+  # select-and-scatter: the first maximum takes a tie's gradient, as PyTorch;
+  # the least traffic on TPU, but not today's numbers in bfloat16), 'auto'
+  # (windows).
+  c.ensemble.max_pool = 'auto'
 
   # A grid of per-model hyperparameters in one ensemble (varjax/ensemble/grid.py):
   # points = product of the non-empty lists; num_models = points x seeds_per_point.

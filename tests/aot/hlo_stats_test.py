@@ -98,3 +98,40 @@ def test_vmapped_convolution_is_one_grouped_conv_of_every_models_flops():
   stats = hlo_stats.analyze(compiled_text(jax.vmap(conv), x, w))
   assert stats['kernels']['conv_grouped'] == 1
   assert stats['flops'] == 2 * (2 * 4 * 8 * 8 * 5 * 9 * 3)
+
+
+TPU_PREFETCH_HLO = """
+ENTRY %main (p: f32[1024,256]) -> f32[1024,256] {
+  %p = f32[1024,256]{1,0:T(8,128)} parameter(0)
+  %copy-start.1 = (f32[1024,256]{1,0:T(8,128)}, f32[1024,256]{1,0:T(8,128)S(1)}, u32[]{:S(2)}) copy-start(%p)
+  %copy-done.1 = f32[1024,256]{1,0:T(8,128)S(1)} copy-done(%copy-start.1)
+  ROOT %neg = f32[1024,256]{1,0:T(8,128)} negate(%copy-done.1)
+}
+"""
+
+
+def test_an_asynchronous_copy_reads_its_operand_once_and_writes_the_copy_once():
+  # The TPU compiler's prefetch into another memory space: its result tuple repeats
+  # the operand (aliased) beside the copy; counting the tuple as written would add
+  # the operand a second time.
+  size = 1024 * 256 * 4
+  assert hlo_stats.analyze(TPU_PREFETCH_HLO)['bytes_accessed'] == 2 * size + 4 + 2 * size
+
+
+TPU_SLICE_HLO = """
+ENTRY %main (p: bf16[1024,7,4,256]) -> bf16[1024,4,4,256] {
+  %p = bf16[1024,7,4,256]{3,0,2,1:T(8,128)(2,1)} parameter(0)
+  %slice-start = ((bf16[1024,7,4,256]{3,0,2,1:T(8,128)(2,1)}), bf16[1024,2,4,256]{3,0,2,1:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%p), slice={[0:1024], [0:2], [0:4], [0:256]}
+  %slice-done = bf16[1024,2,4,256]{3,0,2,1:T(8,128)(2,1)S(1)} slice-done(%slice-start)
+  %slice-start.1 = ((bf16[1024,7,4,256]{3,0,2,1:T(8,128)(2,1)}), bf16[1024,2,4,256]{3,0,2,1:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%p), slice={[0:1024], [2:4], [0:4], [0:256]}
+  %slice-done.1 = bf16[1024,2,4,256]{3,0,2,1:T(8,128)(2,1)S(1)} slice-done(%slice-start.1)
+  ROOT %custom-call = bf16[1024,4,4,256]{3,0,2,1:T(8,128)(2,1)S(1)} custom-call(%slice-done, %slice-done.1), custom_call_target="ConcatBitcast"
+}
+"""
+
+
+def test_an_asynchronous_slice_counts_once_and_a_bitcast_concatenation_not_at_all():
+  # slice-start reads its part of the operand and writes it; slice-done only waits
+  # for it; ConcatBitcast names two adjacent buffers as one.
+  piece = 1024 * 2 * 4 * 256 * 2
+  assert hlo_stats.analyze(TPU_SLICE_HLO)['bytes_accessed'] == 2 * 2 * (piece + 4)

@@ -104,6 +104,8 @@ BAD = [
     ('ensemble.conv_weight_grad', ('fast',), "one of 'auto', 'xla', 'sliced'"),
     ('ensemble.conv_grad_slice', ('0',), 'int >= 1'),
     ('ensemble.cpu_conv_library', ('onednn',), "one of 'eigen', 'ynnpack'"),
+    ('ensemble.augment_crop', ('pad',), "one of 'auto', 'gather', 'batch_crop'"),
+    ('ensemble.max_pool', ('avg',), "one of 'auto', 'windows', 'reshape', 'reduce_window'"),
     ('log.every_steps', ('-1',), 'int >= 0'),
     ('checkpoint.every_steps', ('-1',), 'int >= 0'),
     ('checkpoint.keep', ('0',), 'int >= 1'),

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from varjax.data import augment
 
@@ -134,3 +135,25 @@ def test_train_batch_is_numpy_pad_crop_flip_normalize():
       np.testing.assert_allclose(x[n], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(y, idx)
     assert 0 < flips.sum() < 10
+
+
+@pytest.mark.parametrize('translate, flip_mode', [(2, 'alternating'), (2, 'random'),
+                                                   (0, 'alternating'), (1, 'none')])
+def test_batch_crop_from_rows_gives_the_gathers_batch_bit_for_bit(translate, flip_mode):
+  """'batch_crop' (whole images gathered, then cropped and flipped by selects;
+  the images as (N, 32, 32, 3) or as rows) against the one per-pixel gather."""
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(40, dtype=np.int32)
+  order = jnp.asarray(rng.permutation(40), jnp.int32)
+  key = jax.random.key(9)
+  for step in (0, 3, 5, 9):  # epochs 0, 0, 1, 2
+    for dtype in (jnp.float32, jnp.bfloat16):
+      args = (labels, order, key, step, 4, 10, translate, flip_mode, dtype)
+      want, want_y = augment.train_batch(images, *args, crop='gather')
+      for source in (images, images.reshape(40, -1)):
+        got, got_y = augment.train_batch(source, *args, crop='batch_crop')
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+        np.testing.assert_array_equal(got_y, want_y)
+  with pytest.raises(ValueError, match='crop must be one of'):
+    augment.train_batch(images, *args, crop='pad')

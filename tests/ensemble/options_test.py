@@ -13,11 +13,15 @@ PLATFORMS = ('cpu', 'gpu', 'tpu')
 AUTO = {options.resolve_compute_dtype: ('float32', 'bfloat16', 'bfloat16'),
         options.resolve_formulation: ('unrolled', 'grad_of_sum', 'vmap'),
         options.resolve_chunk_loop: ('host', 'scan', 'scan'),
-        options.resolve_conv_weight_grad: ('sliced', 'xla', 'xla')}
+        options.resolve_conv_weight_grad: ('sliced', 'xla', 'xla'),
+        options.resolve_augment_crop: ('gather', 'gather', 'batch_crop'),
+        options.resolve_max_pool: ('windows', 'windows', 'windows')}
 CHOICES = {options.resolve_compute_dtype: tuple(options.COMPUTE_DTYPES),
            options.resolve_formulation: options.FORMULATIONS[1:],
            options.resolve_chunk_loop: options.CHUNK_LOOPS[1:],
-           options.resolve_conv_weight_grad: options.CONV_WEIGHT_GRADS[1:]}
+           options.resolve_conv_weight_grad: options.CONV_WEIGHT_GRADS[1:],
+           options.resolve_augment_crop: options.AUGMENT_CROPS[1:],
+           options.resolve_max_pool: options.MAX_POOLS[1:]}
 
 
 @pytest.mark.parametrize('resolve', list(AUTO), ids=lambda f: f.__name__)
@@ -30,7 +34,7 @@ def test_auto_resolves_per_platform_and_explicit_values_pass_through(resolve):
 def test_resolve_gives_every_option_of_a_platform():
   config = tiny_config(**{'ensemble.formulation': 'vmap', 'ensemble.conv_grad_slice': 8})
   got = options.resolve(config.ensemble, 'gpu')
-  assert got == options.Options('vmap', 'bfloat16', 'scan', 'xla', 8, None)
+  assert got == options.Options('vmap', 'bfloat16', 'scan', 'xla', 8, 'gather', 'windows', None)
   assert got.dtype == jax.numpy.bfloat16
 
 
@@ -38,6 +42,8 @@ def test_resolve_gives_every_option_of_a_platform():
     ('formulation', options.FORMULATIONS), ('chunk_loop', options.CHUNK_LOOPS),
     ('conv_weight_grad', options.CONV_WEIGHT_GRADS),
     ('cpu_conv_library', options.CPU_CONV_LIBRARIES),
+    ('augment_crop', options.AUGMENT_CROPS),
+    ('max_pool', options.MAX_POOLS),
     ('compute_dtype', tuple(options.COMPUTE_DTYPES) + ('auto',))])
 def test_config_check_accepts_exactly_these_choices(key, choices):
   for value in choices:

@@ -7,6 +7,7 @@ import pytest
 
 from varjax.models import airbench
 from varjax.models import conv
+from varjax.models import layers
 from varjax.training import step as step_lib
 
 from conftest import CIFAR10_BINARY, needs_shared_data
@@ -67,10 +68,28 @@ def test_dirac_init_starts_as_identity():
   assert not np.allclose(kernel[..., 4:], 0)
 
 
-def test_max_pool_matches_numpy():
+@pytest.mark.parametrize('form', layers.MAX_POOLS)
+def test_max_pool_matches_numpy(form):
   x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype(np.float32)
   want = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
-  np.testing.assert_array_equal(airbench.max_pool(jnp.asarray(x), 2), want)
+  np.testing.assert_array_equal(layers.max_pool(jnp.asarray(x), 2, form), want)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_max_pool_forms_have_the_same_derivatives_ties_included(dtype):
+  # Coarse values make ties in most windows: the gradient is split equally among
+  # a window's maxima by both forms.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(-2, 3, size=(3, 7, 9, 4)), dtype)
+  dy = jnp.asarray(rng.normal(size=(3, 3, 4, 4)), dtype)
+  out = {}
+  for form in layers.MAX_POOLS:
+    y, vjp = jax.vjp(lambda v, form=form: layers.max_pool(v, 2, form), x)
+    out[form] = (y, vjp(dy)[0])
+  np.testing.assert_array_equal(out['windows'][0], out['reshape'][0])
+  np.testing.assert_array_equal(out['windows'][1], out['reshape'][1])
+  # One maximum per window would leave 1/4 of the cropped 6x8 pixels nonzero (19%).
+  assert np.mean(np.asarray(out['windows'][0]) != 0) > 0.25  # many ties were split
 
 
 def test_batchnorm_train_and_running_stats_match_numpy():

@@ -1,9 +1,12 @@
 """One model's step on fake data (the flax-examples train_test), and its pieces."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from varjax.training import recipe as recipe_lib
 from varjax.training import step as step_lib
@@ -133,3 +136,62 @@ def test_grad_of_sum_step_equals_the_per_model_step():
       # Float roundoff only: batched convolutions sum in another order.
       scale = max(float(np.abs(ref).max()), 1e-3)
       np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _steps(model, recipe, config, images, labels, step_images=None, num_steps=3, models=2):
+  """Each of ``models`` models' state and metrics after every one of ``num_steps`` steps
+  (the step reading ``step_images``, by default ``images``)."""
+  step_images = images if step_images is None else step_images
+  hparams = sweep.model_hparams(config, models)
+  kernel = step_lib.whitening_kernel_for(images, config.model)
+  one = lambda k: jax.tree.map(lambda v: v[k], hparams)
+  step = jax.jit(step_lib.make_train_step(model, recipe))
+  out = []
+  for k in range(models):
+    state = step_lib.init_model_state(model, jax.random.key(k), kernel, one(k), recipe)
+    key = jax.random.key(10 + k)
+    order = jax.random.permutation(jax.random.key(20 + k), len(images)).astype(jnp.int32)
+    for s in range(num_steps):
+      state, metrics = step(state, one(k), key, order, step_images, labels, s)
+      out.append((state, metrics))
+  return out
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('change', ['max_pool', 'reduce_window', 'norm', 'crop'])
+def test_traffic_cuts_keep_todays_step(change, dtype):
+  """Each formulation cut for memory traffic against today's step, per model and step:
+  the same numbers to float roundoff (the pools' gradients and the crops' pixels
+  are bit-identical; fused reductions sum in another order), bfloat16 at its own
+  resolution; the opt-in 'reduce_window' pool shares no tie, so float32 only, at
+  bfloat16's resolution."""
+  config = tiny_config(**{'train.epochs': 4})
+  images, labels = class_colour_images(64)
+  recipe = recipe_lib.Recipe.from_config(config, 64)
+  today = airbench.from_config(config.model, dtype, max_pool='reshape', norm='autodiff')
+  model, new_plan = today, recipe
+  if change == 'max_pool':
+    model = today.clone(max_pool='windows')
+  elif change == 'reduce_window':
+    model = today.clone(max_pool='reduce_window')
+  elif change == 'norm':
+    model = today.clone(norm='fused')
+  else:
+    new_plan = dataclasses.replace(recipe, crop='batch_crop')
+  want = _steps(today, recipe, config, images, labels)
+  got = _steps(model, new_plan, config, images, labels,
+               images.reshape(64, -1) if change == 'crop' else images)
+  tol = 1e-4 if dtype == jnp.float32 else 1e-2
+  if change == 'reduce_window':
+    # XLA's select-and-scatter hands a tie's gradient to its first maximum instead
+    # of sharing it: in float32 (ties: GELU's exact zeros) bfloat16's resolution; in
+    # bfloat16, with ties everywhere, three steps drift apart (up to ~20% of scale),
+    # which is why 'auto' never picks it.
+    if dtype == jnp.bfloat16:
+      pytest.skip('not today\'s numbers in bfloat16 (ties): opt-in only')
+    tol = 1e-2
+  for (g_state, g_metrics), (w_state, w_metrics) in zip(got, want):
+    for g, w in zip(jax.tree.leaves((g_state, g_metrics)), jax.tree.leaves((w_state, w_metrics))):
+      scale = max(float(np.abs(np.asarray(w, np.float32)).max()), 1e-3)
+      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                 rtol=tol, atol=tol * scale)

@@ -29,7 +29,10 @@ CUDNN_KINDS = {'__cudnn$convForward': 'forward', '__cudnn$convBiasActivationForw
 NO_TRAFFIC = {'parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'while',
               'conditional', 'call', 'after-all', 'partition-id', 'replica-id', 'opt-barrier',
               'add-dependency', 'async-done', 'all-reduce-done', 'all-gather-done',
-              'collective-permute-done', 'copy-done', 'send-done', 'recv-done'}
+              'collective-permute-done', 'copy-done', 'slice-done', 'send-done', 'recv-done'}
+# Custom calls that only name memory: the TPU compiler's concatenation of
+# adjacent buffers by bitcast and its buffer allocation.
+NO_TRAFFIC_TARGETS = {'ConcatBitcast', 'AllocateBuffer'}
 DTYPE_BYTES = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1,
                's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4, 'f32': 4, 's64': 8,
                'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
@@ -154,6 +157,9 @@ def dot_flops(inst, shapes):
 
 
 SLICING = ('dynamic-slice', 'gather', 'slice')
+# Asynchronous copies (the TPU compiler's prefetches and evictions between memory
+# spaces) whose result tuple repeats their operand.
+ASYNC_COPIES = ('copy-start', 'slice-start')
 
 
 def _read_bytes(consumers, param, shapes):
@@ -168,9 +174,20 @@ def _read_bytes(consumers, param, shapes):
   return nbytes(shapes.get(param, ''))
 
 
+def no_traffic(inst):
+  """Whether a top-level op moves no data of its own."""
+  return inst.opcode in NO_TRAFFIC or (inst.opcode == 'custom-call' and inst.attr(
+      'custom_call_target') in NO_TRAFFIC_TARGETS)
+
+
 def op_traffic(inst, shapes, computations):
   """Bytes one top-level op reads and writes (a fusion's inner values stay on chip)."""
   written = nbytes(inst.shape)
+  if inst.opcode in ASYNC_COPIES:
+    # The result tuple holds the operand itself (aliased), the copy and a context:
+    # read the operand (a slice: its part) once, write the copy once.
+    operands = sum(nbytes(shapes.get(o, '')) for o in inst.operands)
+    return written if inst.opcode == 'copy-start' else 2 * (written - operands)
   if inst.opcode in SLICING:
     return 2 * written
   if inst.opcode == 'dynamic-update-slice':
@@ -244,7 +261,7 @@ def analyze(hlo_text):
       elif inst.opcode == 'dot' or (inst.opcode == 'custom-call' and re.search(
           r'gemm|matmul', inst.attr('custom_call_target') or '')):  # cuBLAS / cuBLASLt
         flops += dot_flops(inst, shapes)
-      if top_level and inst.opcode not in NO_TRAFFIC:
+      if top_level and not no_traffic(inst):
         traffic += op_traffic(inst, shapes, computations)
       trips = trip_count(inst, computations) if inst.opcode == 'while' else 1
       for group in _CALLEES.findall(inst.attrs):

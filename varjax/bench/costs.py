@@ -82,7 +82,8 @@ def difficulty_costs(config, num_models, images, labels, kernel, repeats):
       probes = (train_images[:ens.num_tracked], train_labels[:ens.num_tracked])
       row['probe_s_per_epoch'] = round(timed(lambda: ens.record_forgetting(state, *probes), 1), 3)
       orders = ens.orders(0)
-      step = lambda: ens.train_step(ens.init(kernel), orders, train_images, train_labels, 0)
+      step_images = ens.step_images(train_images)
+      step = lambda: ens.train_step(ens.init(kernel), orders, step_images, train_labels, 0)
       epoch_s = timed(step, 1) * ens.recipe.steps_per_epoch
       row.update(num_probes=ens.num_tracked, train_s_per_epoch=round(epoch_s, 2),
                  over_train_epoch=round(row['probe_s_per_epoch'] / epoch_s, 4))

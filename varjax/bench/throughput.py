@@ -96,7 +96,7 @@ def time_training(config, num_train, steps, mesh=None, repeats=1):
   ens = ensemble_lib.build(config, num_train, mesh)
   rng = np.random.default_rng(0)
   rep = mesh_lib.replicated(ens.mesh)
-  images = jax.device_put(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8), rep)
+  images = ens.step_images(rng.integers(0, 256, (num_train, 32, 32, 3), dtype=np.uint8))
   labels = jax.device_put(rng.integers(0, 10, num_train).astype(np.int32), rep)
   kernel = np.random.default_rng(1).normal(size=(2, 2, 3, 24)).astype(np.float32) * 0.1
   state = ens.init(kernel)

@@ -200,6 +200,8 @@ RULES = {
     'ensemble.conv_weight_grad': one_of(*options.CONV_WEIGHT_GRADS),
     'ensemble.conv_grad_slice': integer(1),
     'ensemble.cpu_conv_library': one_of(*options.CPU_CONV_LIBRARIES),
+    'ensemble.augment_crop': one_of(*options.AUGMENT_CROPS),
+    'ensemble.max_pool': one_of(*options.MAX_POOLS),
     'log.every_steps': integer(0),
     'checkpoint.every_steps': integer(0),
     'checkpoint.keep': integer(1),

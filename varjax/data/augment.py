@@ -21,13 +21,17 @@ TTA_LEVELS = (0, 1, 2)
 # airbench's normalisation, per channel, of [0, 1] pixels.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+# (x/255 - mean) / std as multiplications by float32 reciprocals: what XLA's
+# simplifier makes of the divisions in most fusions but not all (the per-pixel
+# gather's kept them), so written out every program computes the same bits.
+_INV_255 = np.float32(1) / np.float32(255)
+_MEAN = np.asarray(MEAN, np.float32)
+_INV_STD = np.float32(1) / np.asarray(STD, np.float32)
 
 
 def normalize(images_u8, dtype=jnp.float32):
-  """uint8 NHWC -> (x/255 - mean) / std, per channel."""
-  mean = jnp.asarray(MEAN, jnp.float32)
-  std = jnp.asarray(STD, jnp.float32)
-  x = (images_u8.astype(jnp.float32) / 255.0 - mean) / std
+  """uint8 NHWC -> (x/255 - mean) / std, per channel (float32, then ``dtype``)."""
+  x = (images_u8.astype(jnp.float32) * _INV_255 - _MEAN) * _INV_STD
   return x.astype(dtype)
 
 
@@ -76,6 +80,29 @@ def crop(x, offsets, pad):
   return x[jnp.arange(x.shape[0])[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def _select_shift(x, offsets, axis, size, pad):
+  """Per image, the ``size`` entries of ``axis`` starting at its offset in [0, 2 pad]:
+  one select over the 2 pad + 1 static slices (no gather)."""
+  out = None
+  for shift in range(2 * pad + 1):
+    part = jax.lax.slice_in_dim(x, shift, shift + size, axis=axis)
+    chosen = (offsets == shift).reshape((-1,) + (1,) * (x.ndim - 1))
+    out = part if out is None else jnp.where(chosen, part, out)
+  return out
+
+
+def batch_crop(x, offsets, flips, pad):
+  """``crop`` of a batch at (b, 2) offsets, then each flipped image mirrored, by selects
+  over static shifts of the reflect-padded batch (airbench's batch_crop): the same
+  pixels as ``crop_indices`` names, gathered from a batch already read whole."""
+  _, h, w, _ = x.shape
+  if pad:
+    x = reflect_pad(x, pad)
+    x = _select_shift(x, offsets[:, 0], 1, h, pad)
+    x = _select_shift(x, offsets[:, 1], 2, w, pad)
+  return jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
+
+
 def flip_mask(key, image_indices, epoch, mode):
   """Which images of the batch to mirror this epoch.
 
@@ -95,22 +122,42 @@ def flip_mask(key, image_indices, epoch, mode):
   raise ValueError(f"aug.flip must be 'alternating', 'random' or 'none', got {mode!r}")
 
 
+CROPS = ('gather', 'batch_crop')
+IMAGE_SHAPE = (32, 32, 3)
+
+
 def train_batch(images_u8, labels, order, augment_key, step, steps_per_epoch, batch_size,
-                translate, flip_mode, dtype=jnp.float32):
+                translate, flip_mode, dtype=jnp.float32, crop='gather'):
   """The augmented float batch of one model at global ``step``.
 
   ``order`` is the model's permutation of the training set for the current
   epoch; every augmentation choice is keyed by (``augment_key``, epoch, image
   index), never by the step or the batch slot.
+
+  ``images_u8``: (N, H, W, C), or rows (N, H * W * C) of ``IMAGE_SHAPE`` images.
+  ``crop`` (the same pixels either way): 'gather' reads each pixel of the
+  batch's crops and flips in one gather of bytes; 'batch_crop' gathers the
+  batch's whole images, then crops and flips them with selects (``batch_crop``).
+  The TPU compiler relayouts an (N, 32, 32, 3) array on every step to gather
+  from it (pixels or images) and charges the per-pixel gather ~16 KB per 3-byte
+  pixel row; there the step takes rows and 'batch_crop'.
   """
   epoch = step // steps_per_epoch
   start = (step % steps_per_epoch) * batch_size
   idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
   flip_key, crop_key = jax.random.fold_in(augment_key, 0), jax.random.fold_in(augment_key, 1)
-  size = images_u8.shape[1]
   offsets = (crop_offsets(crop_key, idx, epoch, translate) if translate
              else jnp.zeros((batch_size, 2), jnp.int32))
-  rows, cols = crop_indices(offsets, flip_mask(flip_key, idx, epoch, flip_mode), size, translate)
+  flips = flip_mask(flip_key, idx, epoch, flip_mode)
+  if crop == 'batch_crop':
+    x = images_u8[idx].reshape((batch_size,) + (
+        IMAGE_SHAPE if images_u8.ndim == 2 else images_u8.shape[1:]))
+    return normalize(batch_crop(x, offsets, flips, translate), dtype), labels[idx]
+  if crop != 'gather':
+    raise ValueError(f'crop must be one of {CROPS}, got {crop!r}')
+  if images_u8.ndim == 2:
+    images_u8 = images_u8.reshape((-1,) + IMAGE_SHAPE)
+  rows, cols = crop_indices(offsets, flips, images_u8.shape[1], translate)
   # One gather of bytes does the batch, the crop and the flip (4x less data than
   # moving floats; XLA:CPU's reflect pad was a tenth of a step).
   x = images_u8[idx[:, None, None], rows[:, :, None], cols[:, None, :]]

@@ -65,7 +65,7 @@ def arguments(ens, name, num_examples=None, num_classes=None):
     num_train = ens.recipe.num_train
     return (stacked, hparams, ids,
             _models_axis(ens, jax.ShapeDtypeStruct((n, num_train), jnp.int32)),
-            _shared(ens, (num_train, 32, 32, 3), jnp.uint8),
+            _shared(ens, ens.step_images_shape(num_train), jnp.uint8),
             _shared(ens, (num_train,), jnp.int32), _shared(ens, (), jnp.int32))
   eval_args = _eval_arguments(ens, stacked, num_examples)
   if name == 'eval_outputs':

@@ -22,6 +22,8 @@ Example:
   >>> state, metrics = ens.train_step(state, ens.orders(0), images, labels, 0)  # doctest: +SKIP
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,8 +82,9 @@ class Ensemble:
     self.model = airbench.from_config(
         config.model, self.options.dtype, self.options.conv_weight_grad,
         self.options.conv_grad_slice, difficulty.depth_probes if self.depth_k else (),
-        num_classes=cifar10.num_classes(config.data))
-    self.recipe = recipe_lib.Recipe.from_config(config, num_train)
+        num_classes=cifar10.num_classes(config.data), max_pool=self.options.max_pool)
+    self.recipe = dataclasses.replace(recipe_lib.Recipe.from_config(config, num_train),
+                                      crop=self.options.augment_crop)
     # Training examples [0, num_tracked) have their forgetting recorded (0: off).
     self.num_tracked = (min(difficulty.forgetting_probe_size, num_train)
                         if difficulty.forgetting else 0)
@@ -264,6 +267,23 @@ class Ensemble:
                                  out_shardings=mesh_lib.model_sharding(self.mesh))
     return self._zeros[key]()
 
+  def step_images(self, images):
+    """The training images as the step programs take them, replicated on the mesh:
+    rows (N, H * W * C) under the 'batch_crop' augmentation (an image's bytes stay
+    together in the TPU's layout), else (N, H, W, C). Place once, before training."""
+    rep = mesh_lib.replicated(self.mesh)
+    if self.recipe.crop != 'batch_crop':
+      return jax.device_put(images, rep)
+    if isinstance(images, np.ndarray):
+      return jax.device_put(images.reshape(len(images), -1), rep)
+    return jax.jit(lambda x: x.reshape(x.shape[0], -1), out_shardings=rep)(images)
+
+  def step_images_shape(self, num_images):
+    """The shape ``step_images`` gives ``num_images`` CIFAR-sized images."""
+    if self.recipe.crop == 'batch_crop':
+      return (num_images, 32 * 32 * 3)
+    return (num_images, 32, 32, 3)
+
   def _step_calls(self, live, state, orders, images, labels, step):
     """(program, argument tuples) of one train step: one call, or one per host-loop chunk."""
     program, step = self._steps[live], jnp.int32(step)
@@ -274,7 +294,8 @@ class Ensemble:
                       step) for c in range(self.num_chunks)]
 
   def train_step(self, state, orders, images, labels, step):
-    """One optimiser step of every model; ``state`` is donated.
+    """One optimiser step of every model; ``state`` is donated; ``images`` from
+    ``step_images``.
 
     Returns (state, metrics) with metrics {'loss', 'accuracy'}, each (N,).
     """

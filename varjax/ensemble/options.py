@@ -25,6 +25,8 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CHUNK_LOOPS = ('auto', 'scan', 'host')
 CONV_WEIGHT_GRADS = ('auto', 'xla', 'sliced')
 CPU_CONV_LIBRARIES = ('eigen', 'ynnpack')
+AUGMENT_CROPS = ('auto', 'gather', 'batch_crop')
+MAX_POOLS = ('auto', 'windows', 'reshape', 'reduce_window')
 # XLA:CPU's YNNPACK fusion types (dots, reductions, convolutions) less convolutions.
 _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
@@ -36,6 +38,8 @@ class Options(NamedTuple):
   chunk_loop: str  # 'scan' | 'host'
   conv_weight_grad: str  # 'xla' | 'sliced'
   conv_grad_slice: int
+  augment_crop: str  # 'gather' | 'batch_crop'
+  max_pool: str  # 'windows' | 'reshape' | 'reduce_window'
   step_compiler_options: Optional[dict]  # XLA options of the training steps (None: defaults)
 
   @property
@@ -51,6 +55,8 @@ def resolve(ensemble_config, platform):
                  chunk_loop=resolve_chunk_loop(e.chunk_loop, platform),
                  conv_weight_grad=resolve_conv_weight_grad(e.conv_weight_grad, platform),
                  conv_grad_slice=int(e.conv_grad_slice),
+                 augment_crop=resolve_augment_crop(e.augment_crop, platform),
+                 max_pool=resolve_max_pool(e.max_pool, platform),
                  step_compiler_options=step_compiler_options(e.cpu_conv_library, platform))
 
 
@@ -121,3 +127,45 @@ def resolve_conv_weight_grad(conv_weight_grad, platform):
   if conv_weight_grad == 'auto':
     return 'sliced' if platform == 'cpu' else 'xla'
   return conv_weight_grad
+
+
+def resolve_augment_crop(augment_crop, platform):
+  """'auto': 'batch_crop' on TPU (whole images gathered from rows, then cropped by
+  selects: for a per-pixel gather the TPU compiler relayouts the resident
+  (N, 32, 32, 3) set every step and charges the gather far more bytes than it
+  moves; BENCHMARKS.md "where the training step's bytes go"), the per-pixel
+  'gather' elsewhere (GPU fuses it into the normalisation)."""
+  if augment_crop == 'auto':
+    return 'batch_crop' if platform == 'tpu' else 'gather'
+  return augment_crop
+
+
+def resolve_max_pool(max_pool, platform):
+  """'auto': 'windows' everywhere (the reshape form's gradients bit for bit, in
+  one fused pass). 'reduce_window' moves fewer bytes on TPU (select-and-scatter
+  is one op there) but hands a tie's gradient to its first maximum instead of
+  sharing it, which changes bfloat16 results: opt-in. BENCHMARKS.md "where the
+  training step's bytes go"."""
+  del platform
+  return 'windows' if max_pool == 'auto' else max_pool
+
+
+def resolve_augment_crop(augment_crop, platform):
+  """'auto': 'batch_crop' on TPU (whole images gathered from rows, then cropped by
+  selects: for a per-pixel gather the TPU compiler relayouts the resident
+  (N, 32, 32, 3) set every step and charges the gather far more bytes than it
+  moves; BENCHMARKS.md "where the training step's bytes go"), the per-pixel
+  'gather' elsewhere (GPU fuses it into the normalisation)."""
+  if augment_crop == 'auto':
+    return 'batch_crop' if platform == 'tpu' else 'gather'
+  return augment_crop
+
+
+def resolve_max_pool(max_pool, platform):
+  """'auto': 'windows' everywhere (the reshape form's gradients bit for bit, in
+  one fused pass). 'reduce_window' moves fewer bytes on TPU (select-and-scatter
+  is one op there) but hands a tie's gradient to its first maximum instead of
+  sharing it, which changes bfloat16 results: opt-in. BENCHMARKS.md "where the
+  training step's bytes go"."""
+  del platform
+  return 'windows' if max_pool == 'auto' else max_pool

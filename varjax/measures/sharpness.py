@@ -147,6 +147,10 @@ def make_hvp_one(model, recipe, seed, num_images):
   images: summed over the probe set's batches it is that Hessian times v.
   """
 
+  # Forward over reverse mode: the pools differentiate by JAX's own rules (the
+  # 'windows' form has a reverse-mode-only gradient); the same maths.
+  model = model.clone(max_pool='reshape')
+
   def hvp_one(per_model, images_u8, labels, example_ids):
     state, hparams, model_id, vector = per_model
     variables = step_lib.final_variables(state, recipe)

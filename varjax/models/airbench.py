@@ -55,19 +55,6 @@ def dirac_init(key, shape, dtype=jnp.float32):
   return kernel.at[..., :n].set(identity)
 
 
-def activation(x, approximate):
-  """GELU: tanh approximation, or exact (erf) as torch.nn.GELU's default."""
-  return jax.nn.gelu(x, approximate=True) if approximate else layers.gelu(x)
-
-
-def max_pool(x, size):
-  """Non-overlapping max pool (floor) by reshape: cheaper backward than reduce_window."""
-  n, h, w, c = x.shape
-  ho, wo = h // size, w // size
-  x = x[:, :ho * size, :wo * size]
-  return x.reshape(n, ho, size, wo, size, c).max(axis=(2, 4))
-
-
 def grid_pool(x, cells, reduce):
   """Pools NHWC maps to (n, cells * cells * C) over a grid of near-equal cells."""
   h, w = x.shape[1:3]
@@ -79,30 +66,45 @@ def grid_pool(x, cells, reduce):
 
 
 class BatchNorm(nn.Module):
-  """BatchNorm without scale; statistics in float32; running var unbiased (as torch)."""
+  """BatchNorm without scale; statistics in float32; running var unbiased (as torch).
+
+  ``gelu``: None, or the GELU to apply after it (``activation``'s ``approximate``).
+  ``form`` 'fused' (training only): the normalisation and the activation as one
+  function with a hand-written gradient (``_norm_act``: it keeps only x and two
+  per-channel vectors, and its backward reads x and the gradient in two passes);
+  'autodiff': JAX differentiates the ops; the same maths.
+  """
   momentum: float
   epsilon: float
+  form: str = 'fused'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, gelu=None):
     c = x.shape[-1]
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     mean_var = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     var_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    if self.form not in layers.NORMS:
+      raise ValueError(f'BatchNorm form must be one of {layers.NORMS}, got {self.form!r}')
+    fused = train and self.form == 'fused' and gelu is not None
     xf = x.astype(jnp.float32)
-    if train:
+    if fused:
+      y, mean, var = layers.norm_act(x, bias, self.epsilon, gelu)
+    elif train:
       mean = xf.mean(axis=(0, 1, 2))
       var = jnp.square(xf - mean).mean(axis=(0, 1, 2))
-      if not self.is_initializing():
-        count = x.size // c
-        m = self.momentum
-        mean_var.value = m * mean_var.value + (1 - m) * jax.lax.stop_gradient(mean)
-        unbiased = jax.lax.stop_gradient(var) * (count / max(count - 1, 1))
-        var_var.value = m * var_var.value + (1 - m) * unbiased
     else:
       mean, var = mean_var.value, var_var.value
-    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
-    return y.astype(x.dtype)
+    if train and not self.is_initializing():
+      count = x.size // c
+      m = self.momentum
+      mean_var.value = m * mean_var.value + (1 - m) * jax.lax.stop_gradient(mean)
+      unbiased = jax.lax.stop_gradient(var) * (count / max(count - 1, 1))
+      var_var.value = m * var_var.value + (1 - m) * unbiased
+    if fused:
+      return y
+    y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon) + bias).astype(x.dtype)
+    return y if gelu is None else layers.activation(y, gelu)
 
 
 class ConvGroup(nn.Module):
@@ -112,18 +114,20 @@ class ConvGroup(nn.Module):
   gelu_approximate: bool
   weight_grad: str
   grad_slice: int
+  pool: str = 'windows'
+  norm: str = 'fused'
 
   @nn.compact
   def __call__(self, x, train: bool):
     """Returns (the first conv's output after pool / BN / GELU, the group's output)."""
-    act = lambda v: activation(v, self.gelu_approximate)
+    gelu = self.gelu_approximate  # BatchNorm applies the GELU itself
     k1 = self.param('conv1', dirac_init, (3, 3, x.shape[-1], self.width))
     x = conv_lib.conv3x3(x, k1, self.weight_grad, self.grad_slice)
-    x = max_pool(x, 2)
-    mid = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm1')(x, train))
+    x = layers.max_pool(x, 2, self.pool)
+    mid = BatchNorm(self.bn_momentum, self.bn_eps, self.norm, name='norm1')(x, train, gelu)
     k2 = self.param('conv2', dirac_init, (3, 3, self.width, self.width))
     x = conv_lib.conv3x3(mid, k2, self.weight_grad, self.grad_slice)
-    x = act(BatchNorm(self.bn_momentum, self.bn_eps, name='norm2')(x, train))
+    x = BatchNorm(self.bn_momentum, self.bn_eps, self.norm, name='norm2')(x, train, gelu)
     return mid, x
 
 
@@ -141,6 +145,10 @@ class Airbench(nn.Module):
   # per slice for 'sliced'; a speed choice, the same maths.
   conv_weight_grad: str = 'xla'
   conv_grad_slice: int = 16
+  # How the groups' 2x2 max pools differentiate (``max_pool``), and their
+  # BatchNorm + GELU in training (``BatchNorm``); the same maths.
+  max_pool: str = 'windows'
+  norm: str = 'fused'
   # Prediction-depth probe places sown at evaluation (a subset of PROBE_PLACES,
   # in their order); the pooled head input is always sown as 'features'.
   probes: Sequence[str] = ()
@@ -180,12 +188,12 @@ class Airbench(nn.Module):
       b = jax.lax.stop_gradient(b)
     # Frozen filters: no kernel gradient to compute.
     x = layers.patch_conv(x, jax.lax.stop_gradient(w)) + b.astype(self.dtype)
-    x = activation(x, self.gelu_approximate)
+    x = layers.activation(x, self.gelu_approximate)
     probe('whiten', x, lambda a: grid_pool(a, PROBE_GRID, jnp.max))
     for i, width in enumerate(self.widths):
       mid, x = ConvGroup(width, self.bn_momentum, self.bn_eps, self.gelu_approximate,
-                         self.conv_weight_grad, self.conv_grad_slice,
-                         name=f'group{i + 1}')(x, train)
+                         self.conv_weight_grad, self.conv_grad_slice, self.max_pool,
+                         self.norm, name=f'group{i + 1}')(x, train)
       probe(f'group{i + 1}_conv1', mid, spatial_max)
       probe(f'group{i + 1}_conv2', x, spatial_max)
     x = x.max(axis=(1, 2))  # the 3x3 map is pooled whole
@@ -196,8 +204,9 @@ class Airbench(nn.Module):
 
 
 def from_config(model_config, dtype=jnp.float32, conv_weight_grad='xla', conv_grad_slice=16,
-                probes=(), num_classes=10):
+                probes=(), num_classes=10, max_pool='windows', norm='fused'):
   return Airbench(widths=tuple(model_config.widths), conv_weight_grad=conv_weight_grad,
+                  max_pool=max_pool, norm=norm,
                   num_classes=num_classes,
                   conv_grad_slice=conv_grad_slice, probes=tuple(probes),
                   whiten_kernel_size=model_config.whiten_kernel_size,

@@ -58,6 +58,7 @@ class Run:
   to_host: Any
   measurements: list
   num_params: int
+  step_images: Any  # the training images as the step programs take them
   seconds: dict = dataclasses.field(default_factory=dict)
   writer: Any = None
 
@@ -90,12 +91,14 @@ def prepare(config, workdir):
                           num_examples=len(dataset.test_labels))
   replicated = mesh_lib.replicated(ens.mesh)
   train_images = jax.device_put(dataset.train_images, replicated)
+  step_images = (train_images if ens.recipe.crop == 'gather'
+                 else ens.step_images(dataset.train_images))
   train_labels = jax.device_put(dataset.train_labels, replicated)
   state = ens.init(step_lib.whitening_kernel_for(dataset.train_images, config.model))
   to_host = evaluate.host_gatherer(ens.mesh)
   context = measurements_lib.Context(config, ens, train_images, train_labels, to_host)
   run = Run(config, workdir, is_writer, dataset, ens, state, train_images, train_labels,
-            to_host, measurements_lib.enabled(context), num_params(ens))
+            to_host, measurements_lib.enabled(context), num_params(ens), step_images)
   logging.info('%d models x %s params on %d %s device(s), %d per chunk; %d train / %d %s '
                'images; %d steps of batch %d', ens.num_models, f'{run.num_params:,}',
                ens.mesh.devices.size, jax.default_backend(), ens.models_per_chunk,
@@ -127,7 +130,7 @@ def train(run, progress_desc):
                                    enable=None if run.is_writer else False)
   run.seconds['train'], last = 0.0, None
   if done < recipe.total_steps:  # both step programs now: no step waits for a compile
-    ens.compile_steps(run.state, ens.orders(0), run.train_images, run.train_labels)
+    ens.compile_steps(run.state, ens.orders(0), run.step_images, run.train_labels)
   for epoch, steps in recipe.epochs():
     if steps[-1] < done - 1 or (steps[-1] == done - 1 and done < recipe.total_steps):
       continue  # finished before the restored checkpoint
@@ -164,8 +167,8 @@ def _train_epoch(run, epoch, steps, done, totals, ckpt, writer, progress):
   for step in steps:
     if step < done:
       continue
-    run.state, metrics = ens.train_step(run.state, orders, run.train_images,
-                                        run.train_labels, step)
+    run.state, metrics = ens.train_step(run.state, orders, run.step_images, run.train_labels,
+                                        step)
     totals = jax.tree.map(jnp.add, totals, metrics)
     progress.update(step + 1, wait_for=metrics)
     if step == steps[-1]:  # records of the epoch, before its checkpoint

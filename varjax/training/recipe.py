@@ -37,6 +37,9 @@ class Recipe:
   # Whether any model trains on corrupted labels (label_noise.py); static, so a
   # run without noise compiles exactly the program it did before.
   label_noise: bool = False
+  # How the batch is cropped and flipped (data/augment.py's train_batch; the same
+  # pixels either way), resolved per platform by the ensemble.
+  crop: str = 'gather'
 
   @classmethod
   def from_config(cls, config, num_train):

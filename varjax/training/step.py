@@ -96,7 +96,8 @@ def make_step_parts(model, recipe, whiten_bias_live=True):
     if recipe.label_noise:
       labels = label_noise_lib.corrupt(noise_key, labels, noise, model.num_classes)
     return augment.train_batch(images, labels, order, augment_key, step, recipe.steps_per_epoch,
-                               recipe.batch_size, recipe.translate, recipe.flip, model.dtype)
+                               recipe.batch_size, recipe.translate, recipe.flip, model.dtype,
+                               recipe.crop)
 
   def loss(params, batch_stats, x, y, smoothing):
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats},
