@@ -7,11 +7,15 @@ VARJAX_DATA_DIR is pointed at ../shared/data beside the checkout when that exist
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 # The suite runs on CPU devices; with the compiler plugins installed ('.[aot]')
 # JAX would otherwise try to start CUDA and TPU backends too.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The commands the tests launch share one compilation cache for the session
+# (programs they compile alike load from it), not the user's own.
+os.environ.setdefault('VARJAX_COMPILATION_CACHE', tempfile.mkdtemp(prefix='varjax_jit_cache_'))
 
 from varjax.aot import targets  # noqa: E402  (imports no JAX)
 

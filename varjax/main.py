@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import errors
+from varjax.run import compilation
 from varjax.config import command_line
 from varjax.run import distributed
 from varjax.run import train
@@ -26,6 +27,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Initialise jax.distributed from the environment '
                                  '(TPU pod, Slurm) without explicit addresses.')
+_CACHE = flags.DEFINE_string('compilation_cache', None, compilation.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,6 +36,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value or _DISTRIBUTED.value:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  compilation.enable_cache(_CACHE.value)
   with errors.exit_on_error('varjax'):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import errors
+from varjax.run import compilation
 from varjax.bench import throughput
 from varjax.config import command_line
 from varjax.config import schema
@@ -26,12 +27,14 @@ _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timing windows per setting; the b
 _PEER = flags.DEFINE_string('peer', None, 'Command of a peer trainer to time in the same run '
                             '(e.g. "python benchmarks/torch_peer.py"); it must print a JSON '
                             'line with model_images_per_s.')
+_CACHE = flags.DEFINE_string('compilation_cache', None, compilation.FLAG_HELP)
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation.enable_cache(_CACHE.value)
   with errors.exit_on_error('varjax.bench'):
     schema.check(_CONFIG.value)
     for record in throughput.benchmark(

@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from varjax import errors
+from varjax.run import compilation
 from varjax.bench import costs
 from varjax.config import command_line
 from varjax.config import schema
@@ -22,12 +23,14 @@ _EXAMPLES = flags.DEFINE_integer('examples', 10_000, 'Test-set size n of the ana
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions (after one warm-up).')
 _DIFFICULTY = flags.DEFINE_bool('difficulty', True, 'Also time each example-difficulty probe.')
 _LENSES = flags.DEFINE_bool('lenses', False, 'Also time each per-model lens (config.lenses).')
+_CACHE = flags.DEFINE_string('compilation_cache', None, compilation.FLAG_HELP)
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation.enable_cache(_CACHE.value)
   with errors.exit_on_error('varjax.bench.analysis'):
     schema.check(_CONFIG.value)
     for record in costs.analysis_costs(_CONFIG.value, [int(n) for n in _MODELS.value],
