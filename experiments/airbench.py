@@ -217,7 +217,15 @@ def get_config(arg=None):
   # Resume: rerunning the same command on the same workdir continues from the
   # latest checkpoint (varjax/run/checkpoint.py).
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 0  # 0: at the end of every epoch (and always at the end)
+  # When to save, besides the end of the run and a preemption notice (SIGTERM):
+  # every so many minutes of wall time (0: off), every so many steps (0: off),
+  # at every epoch's end.
+  c.checkpoint.every_minutes = 10.0
+  c.checkpoint.every_steps = 0
+  c.checkpoint.at_epoch_end = False
+  # Where: None is WORKDIR/checkpoints; a gs:// path is written by orbax itself
+  # (for TPU VMs, whose workdir may be on a local disk).
+  c.checkpoint.directory = config_dict.placeholder(str)
   c.checkpoint.keep = 2  # most recent checkpoints kept
   c.checkpoint.async_save = True  # write while the next steps train
 
@@ -241,6 +249,7 @@ def get_config(arg=None):
     c.analysis.alpha_trim_resamples = 20
   elif variant == 'smoke':
     c.num_models = 4
+    c.checkpoint.at_epoch_end = True  # the resume tests stop runs mid-way
     c.data.test_split = 'holdout'
     c.data.holdout_size = 512
     c.data.train_size = 1024

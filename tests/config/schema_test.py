@@ -16,7 +16,7 @@ SMOKE = f"{REPO / 'experiments' / 'airbench.py'}:smoke"
 
 # Keys whose every value of the right type is acceptable to the config check:
 # free text (data.dir's existence is checked when the data loads).
-ANY_STRING = ('name', 'variant', 'data.dir')
+ANY_STRING = ('name', 'variant', 'data.dir', 'checkpoint.directory')
 
 # (key, overrides as on the command line, a fragment the one-line error must hold).
 # The smoke variant trains on 1,024 images (holdout 512) with 4 models.
@@ -107,7 +107,9 @@ BAD = [
     ('ensemble.augment_crop', ('pad',), "one of 'auto', 'gather', 'batch_crop'"),
     ('ensemble.max_pool', ('avg',), "one of 'auto', 'windows', 'reshape', 'reduce_window'"),
     ('log.every_steps', ('-1',), 'int >= 0'),
+    ('checkpoint.every_minutes', ('-1',), '>= 0'),
     ('checkpoint.every_steps', ('-1',), 'int >= 0'),
+    ('checkpoint.at_epoch_end', ('x',), "cannot read 'x'"),
     ('checkpoint.keep', ('0',), 'int >= 1'),
     ('checkpoint.async_save', ('x',), "cannot read 'x'"),
     ('sweep.lr_multipliers', ('(0.5,-1.0)',), 'each a number > 0'),

@@ -26,7 +26,7 @@ from varjax.run import workdir as workdir_lib
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config
-from ensemble_test import NUM_TRAIN, assert_models_equal
+from runs import NUM_TRAIN, assert_models_equal
 
 
 def sharded_state(num_models=8, size=(3, 5)):
@@ -46,7 +46,8 @@ def test_round_trip_is_exact_and_keeps_the_last_k(tmp_path):
   for step in (1, 2, 3):
     ckpt.save(step, jax.tree.map(lambda x, s=step: x * s, state), totals)
   ckpt.close()
-  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'manifests')) == ['2.json', '3.json']
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'manifests')) == [
+      '2.process_0.json', '3.process_0.json']
   template = jax.tree.map(jnp.zeros_like, state)
   again = checkpoint.Checkpointer(str(tmp_path), config)
   step, restored, restored_totals = again.restore_latest(template, {'loss': state['bias']})
@@ -205,7 +206,7 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_a_rerun_resumes(tmp_path):
   again.save(4, restored, totals)
   again.close()
   assert checkpoint.finished_steps(tmp_path / 'checkpoints') == [2, 4]
-  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'manifests')) == ['2.json', '4.json']
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'manifests')) == ['2.process_0.json', '4.process_0.json']
 
 
 def test_read_only_manifests_are_a_clear_error(tmp_path, monkeypatch):

@@ -11,13 +11,18 @@ current run's state template (orbax reshards), so a run saved on 8 devices
 resumes on 4 or 16, or as several processes, wherever num_models is a multiple
 of the new device count.
 
-orbax writes a step into a temporary directory and renames it when every
+When: every ``checkpoint.every_minutes`` of wall time (the default), every
+``every_steps`` steps or at every epoch's end as configured, always at the end,
+and at the next step after a preemption notice (run/preemption.py). Where:
+``checkpoint.directory`` (local or gs://, written by orbax itself), else
+WORKDIR/checkpoints, with the config beside them.
+
+orbax writes a step into a temporary directory and finalises it when every
 process has written its part, so a step killed half-way is never loaded (its
 temporary directory is removed when the next run opens the checkpoints). On top
-of that each finished step gets a SHA-256 manifest of its files
-(``checkpoints/manifests/STEP.json``), so a file damaged after the fact is
-detected on restore instead of silently loaded. Hashing and manifest writing run
-on a background thread of process 0: the training loop waits only for orbax to
+of that each process checksums the files it wrote (run/manifests.py), so a file
+damaged after the fact is detected on restore instead of silently loaded.
+Hashing runs on a background thread: the training loop waits only for orbax to
 copy the arrays to the host.
 
 A write that fails (disk full, read-only workdir) raises CheckpointError naming
@@ -34,7 +39,6 @@ Example:
 import concurrent.futures
 import contextlib
 import errno
-import hashlib
 import json
 import logging as std_logging
 import os
@@ -42,15 +46,23 @@ import re
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from varjax import errors
 from varjax.config import schema
 from varjax.errors import CheckpointError
 from varjax.run import files
+from varjax.run import manifests
 CHECKPOINT_DIR = 'checkpoints'
 MANIFEST_DIR = 'manifests'
+CONFIG_FILE = 'config.json'  # beside the checkpoints: what a resume must match
+# Processes of a multi-process run agree on wall-time saves this often (one
+# small collective), so all of them save at the same step.
+_TIME_CHECK_STEPS = 20
 # Keys that may change between a run and its resume without changing its results
 # (models_per_chunk: a new device count may need another chunking; 'unrolled'
 # models are bit-identical in any chunk).
@@ -87,27 +99,26 @@ def config_differences(saved, current):
   return out
 
 
-def _file_digests(directory):
-  digests = {}
-  for root, _, files in os.walk(directory):
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return digests
+def checkpoint_dir(workdir, config=None):
+  """Where a run's checkpoints go: ``checkpoint.directory`` (a local path or gs://), else
+  ``WORKDIR/checkpoints``."""
+  directory = config.checkpoint.directory if config is not None else None
+  if directory:
+    return directory if files.is_remote(directory) else os.path.abspath(directory)
+  return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
 
 
 def finished_steps(directory):
   """Steps orbax has finalised in ``directory`` (its temporary directories excluded)."""
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def last_good_checkpoint(workdir):
-  """A sentence naming the latest finished checkpoint of ``workdir`` (for error messages)."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
+def last_good_checkpoint(workdir, config=None):
+  """A sentence naming the latest finished checkpoint of a run (for error messages)."""
+  directory = checkpoint_dir(workdir, config)
   steps = finished_steps(directory)
   if not steps:
     return 'No checkpoint was finished yet, so a rerun starts from step 0'
@@ -149,16 +160,20 @@ def _write_cause(error):
 
 
 class Checkpointer:
-  """Saves every ``config.checkpoint.every_steps`` steps (0: at epoch ends) and at the end."""
+  """Saves on the config's schedule (``checkpoint.every_minutes``, ``every_steps``,
+  ``at_epoch_end``), at the end of the run, and when told to (a preemption)."""
 
   def __init__(self, workdir, config):
-    self.workdir = workdir
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    self.manifests = os.path.join(self.directory, MANIFEST_DIR)
-    self.every_steps = config.checkpoint.every_steps
+    self.workdir, self.config = workdir, config
+    self.directory = checkpoint_dir(workdir, config)
+    self.manifests = str(epath.Path(self.directory) / MANIFEST_DIR)
+    c = config.checkpoint
+    self.every_seconds, self.every_steps, self.at_epoch_end = (
+        60 * c.every_minutes, c.every_steps, c.at_epoch_end)
+    self._last_save = time.monotonic()
+    self.bytes_per_save = None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.checkpoint.keep, create=True,
-        enable_async_checkpointing=config.checkpoint.async_save,
+        max_to_keep=c.keep, create=True, enable_async_checkpointing=c.async_save,
         # Steps a killed run left half-written (process 0 removes them).
         cleanup_tmp_directories=True)
     # On absl's Python handler (ABSLHandler.handle skips its own filters): orbax
@@ -168,27 +183,40 @@ class Checkpointer:
       handler.addFilter(_quiet_orbax)
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
-      os.makedirs(self.manifests, exist_ok=True)
+      epath.Path(self.manifests).mkdir(parents=True, exist_ok=True)
+      if jax.process_index() == 0:  # a resume from elsewhere checks it (run/workdir.py)
+        files.write_text(str(epath.Path(self.directory) / CONFIG_FILE),
+                         config.to_json_best_effort(indent=2, sort_keys=True))
     except OSError as e:
       raise CheckpointError(storage_error_message(e, workdir) or errors.describe(e)) from e
-    # Process 0 checksums finished steps on one background thread, in order.
-    self._hasher = (concurrent.futures.ThreadPoolExecutor(1, 'varjax_manifests')
-                    if jax.process_index() == 0 else None)
+    # Each process checksums the files it wrote, on one background thread, in order.
+    self._hasher = concurrent.futures.ThreadPoolExecutor(1, 'varjax_manifests')
     self._hashing = []
 
   def should_save(self, steps_done, end_of_epoch, total_steps):
+    """Whether to save after ``steps_done`` steps (the same answer on every process)."""
     if steps_done == total_steps:
       return True
-    if self.every_steps:
-      return steps_done % self.every_steps == 0
-    return end_of_epoch
+    if self.every_steps and steps_done % self.every_steps == 0:
+      return True
+    if self.at_epoch_end and end_of_epoch:
+      return True
+    if not self.every_seconds:
+      return False
+    if jax.process_count() == 1:
+      return time.monotonic() - self._last_save >= self.every_seconds
+    if steps_done % _TIME_CHECK_STEPS and not end_of_epoch:
+      return False
+    late = np.int32(time.monotonic() - self._last_save >= self.every_seconds)
+    return bool(multihost_utils.broadcast_one_to_all(late))
 
-  def save(self, steps_done, state, totals):
+  def save(self, steps_done, state, totals, wait=False):
     """Starts saving (async where enabled); returns the seconds the caller waited.
 
     The wait counts orbax's copy of the arrays to the host and any wait for the
     previous save to finish, not the wait for ``state`` itself to be computed
-    (steps are dispatched ahead).
+    (steps are dispatched ahead). ``wait``: also wait for this save to finish
+    (a preemption's last save).
     """
     jax.block_until_ready((state, totals))
     start = time.perf_counter()
@@ -196,10 +224,13 @@ class Checkpointer:
     try:
       self.manager.save(steps_done, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), totals=ocp.args.StandardSave(totals)))
+      if wait:
+        self.manager.wait_until_finished()
     except Exception as e:  # orbax and tensorstore raise many types for a failed write
       raise self._write_error(e) from e
+    self._last_save = time.monotonic()
     # orbax waited for the previous save: every other step is finished.
-    self._hash_in_background(exclude=steps_done)
+    self._hash_in_background(exclude=None if wait else steps_done)
     return time.perf_counter() - start
 
   def _write_error(self, error, what='a checkpoint'):
@@ -209,16 +240,13 @@ class Checkpointer:
         self.manager.close()
       except Exception:  # pylint: disable=broad-except  (it re-raises the failure)
         pass
-    if self._hasher is not None:
-      self._hasher.shutdown(cancel_futures=True)
+    self._hasher.shutdown(cancel_futures=True)
     return CheckpointError(
         f'Writing {what} to {self.directory} failed ({_write_cause(error)}). '
-        f'{last_good_checkpoint(self.workdir)}: free space or make the workdir writable, '
-        'then rerun the same command.')
+        f'{last_good_checkpoint(self.workdir, self.config)}: free space or make the workdir '
+        'writable, then rerun the same command.')
 
   def _hash_in_background(self, exclude=None):
-    if self._hasher is None:
-      return
     steps = [s for s in self.manager.all_steps() if s != exclude]
     self._hashing = [f for f in self._hashing if not f.done() or f.exception()]
     self._hashing.append(self._hasher.submit(self._write_manifests, steps))
@@ -233,38 +261,28 @@ class Checkpointer:
         raise self._write_error(e, 'the checksums of a checkpoint') from e
 
   def _write_manifests(self, steps):
-    """Checksums of the finished ``steps`` that lack them; drops those of deleted steps.
+    """This process's checksums of the finished ``steps`` that lack them (background thread).
 
-    Runs on the background thread. A step orbax deletes meanwhile (it keeps the
-    latest ``checkpoint.keep``) is skipped.
+    A step orbax deletes meanwhile (it keeps the latest ``checkpoint.keep``) is skipped.
     """
-    on_disk = set(finished_steps(self.directory))
-    for name in os.listdir(self.manifests):
-      if name.endswith('.json') and int(name[:-5]) not in on_disk:
-        os.remove(os.path.join(self.manifests, name))
+    finished = set(finished_steps(self.directory))
+    if jax.process_index() == 0:
+      manifests.prune(self.manifests, finished)
     for step in steps:
-      path = os.path.join(self.manifests, f'{step}.json')
-      if os.path.exists(path):
-        continue
-      try:
-        digests = _file_digests(os.path.join(self.directory, str(step)))
-      except FileNotFoundError:
-        continue
-      files.write_json(path, digests, indent=None)
+      if step in finished:
+        manifests.write(self.manifests, epath.Path(self.directory) / str(step), step,
+                        jax.process_index())
 
   def verify(self, step):
-    """Raises CheckpointError if a file of ``step`` differs from its manifest."""
-    path = os.path.join(self.manifests, f'{step}.json')
-    step_dir = os.path.join(self.directory, str(step))
-    if not os.path.exists(path):
+    """Raises CheckpointError if a file of ``step`` that this process checks differs
+    from its checksum."""
+    step_dir = epath.Path(self.directory) / str(step)
+    bad = manifests.verify(self.manifests, step_dir, step, jax.process_index(),
+                           jax.process_count())
+    if bad is None:
       logging.warning('checkpoint %s has no manifest (killed right after saving); '
                       'trusting orbax finalisation', step_dir)
-      return
-    with open(path) as f:
-      want = json.load(f)
-    got = _file_digests(step_dir)
-    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    if bad:
+    elif bad:
       raise CheckpointError(
           f'checkpoint {step_dir} is corrupt: {len(bad)} file(s) differ from their checksums '
           f'({", ".join(bad[:3])}). Delete {step_dir} to resume from an earlier checkpoint, '
@@ -291,10 +309,11 @@ class Checkpointer:
           totals=ocp.args.StandardRestore(abstract(totals))))
     except Exception as e:  # orbax raises many types for unreadable data
       raise CheckpointError(
-          f'checkpoint {os.path.join(self.directory, str(step))} cannot be restored '
+          f'checkpoint {epath.Path(self.directory) / str(step)} cannot be restored '
           f'({type(e).__name__}: {str(e)[:300]}). Delete it to resume from an earlier one, '
           'or pass --config.overwrite=True to start again.') from e
     logging.info('resumed from checkpoint at step %d', step)
+    self._last_save = time.monotonic()
     return step, restored['state'], restored['totals']
 
   def close(self):
@@ -305,6 +324,8 @@ class Checkpointer:
       raise self._write_error(e) from e
     self._hash_in_background()
     self._raise_hashing_errors(wait=True)
-    if self._hasher is not None:
-      self._hasher.shutdown()
+    self._hasher.shutdown()
+    latest = self.manager.latest_step()
+    if latest is not None and jax.process_index() == 0:
+      self.bytes_per_save = manifests.size_bytes(epath.Path(self.directory) / str(latest))
     self.manager.close()

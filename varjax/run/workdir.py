@@ -6,9 +6,9 @@ Example:
 
 import json
 import os
-import shutil
 
 import ml_collections
+from etils import epath
 
 from varjax.errors import CheckpointError
 from varjax.errors import WorkdirError
@@ -29,21 +29,19 @@ def prepare_workdir(workdir, config, write=True):
   """
   summary_path = os.path.join(workdir, summary.SUMMARY_FILE)
   config_path = os.path.join(workdir, CONFIG_FILE)
-  checkpoints = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+  checkpoints = checkpoint.checkpoint_dir(workdir, config)
   if not config.overwrite:
     if os.path.exists(summary_path):
       raise WorkdirError(
           f'{workdir} holds a finished run ({summary.SUMMARY_FILE} exists). Choose another '
           '--workdir, or pass --config.overwrite=True to discard it and start again.')
-    if os.path.isdir(checkpoints) and os.path.exists(config_path):
-      with open(config_path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
-      diff = checkpoint.config_differences(saved, config)
-      if diff:
-        raise CheckpointError(
-            f'{workdir} holds checkpoints of a run with a different config: ' + '; '.join(diff)
-            + '. Rerun with the original config to resume, choose another --workdir, or pass '
-            '--config.overwrite=True to start again.')
+    saved = _saved_config(checkpoints, config_path)
+    diff = checkpoint.config_differences(saved, config) if saved is not None else []
+    if diff:
+      raise CheckpointError(
+          f'{checkpoints} holds checkpoints of a run with a different config: '
+          + '; '.join(diff) + '. Rerun with the original config to resume, choose another '
+          '--workdir, or pass --config.overwrite=True to start again.')
   if not write:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -51,8 +49,20 @@ def prepare_workdir(workdir, config, write=True):
     for name in (summary.SUMMARY_FILE, summary.PER_EXAMPLE_FILE, writers.METRICS_FILE):
       if os.path.exists(os.path.join(workdir, name)):
         os.remove(os.path.join(workdir, name))
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if epath.Path(checkpoints).exists():
+      epath.Path(checkpoints).rmtree()
   files.write_text(config_path, config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _saved_config(checkpoints, config_path):
+  """The config of the run whose checkpoints are in ``checkpoints`` (kept beside them,
+  or in the workdir by runs that predate that), or None without checkpoints."""
+  if not checkpoint.finished_steps(checkpoints):
+    return None
+  for path in (epath.Path(checkpoints) / checkpoint.CONFIG_FILE, epath.Path(config_path)):
+    if path.exists():
+      return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return None
 
 
 def rewritten_on_resume(record, done, total_steps):
