@@ -16,25 +16,12 @@ from varjax.report import plots as report_plots
 from varjax.run import train
 from varjax.run import workdir as workdir_lib
 from conftest import CIFAR10_BINARY, REPO, needs_shared_data
-
-TINY = ('--config.num_models=3', '--config.model.widths=(4,8,8)',
-        '--config.model.whiten_num_images=64', '--config.data.train_size=256',
-        '--config.data.holdout_size=128', '--config.train.batch_size=64',
-        '--config.train.epochs=1', '--config.eval.batch_size=100')
-
+from runs import TINY, run_main
 
 # Every example-difficulty probe on, over two epochs.
 DIFFICULTY = ('--config.train.epochs=2', '--config.difficulty.prediction_depth=True',
               '--config.difficulty.depth_support_size=128', '--config.difficulty.forgetting=True',
               '--config.difficulty.forgetting_probe_size=64')
-
-
-def run_main(workdir, *flags, devices=1, config='experiments/airbench.py:smoke'):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
-  cmd = [sys.executable, '-m', 'varjax.main', f'--config={config}',
-         f'--workdir={workdir}', *TINY, *flags]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope='module')
@@ -177,6 +164,31 @@ def run_preempted(workdir, *flags, **env):
   cmd = [sys.executable, str(REPO / 'tests' / 'preempt.py'),
          '--config=experiments/airbench.py:smoke', f'--workdir={workdir}', *TINY, *flags]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@needs_shared_data
+def test_sigterm_saves_at_the_next_step_and_the_rerun_ends_identical(finished_run, tmp_path):
+  """A preemption notice mid-epoch (SIGTERM before step 2 of 4): the run saves after that
+  step, exits 143 with one line; the rerun resumes there and ends as finished_run."""
+  reference, _ = finished_run
+  flags = (f'--config.data.extra_test_sets=("binary:{reference.parent / "shifted.bin"}",)',
+           *DIFFICULTY, '--config.checkpoint.at_epoch_end=False',
+           '--config.checkpoint.every_minutes=0')
+  workdir = tmp_path / 'terminated'
+  stopped = run_preempted(workdir, *flags, VARJAX_TEST_TERM_AT_STEP='2')
+  assert stopped.returncode == 143, stopped.stderr[-3000:]
+  last_line = stopped.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('varjax: Preempted: stopped by a preemption notice after 3 '
+                              'steps'), last_line
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit()) == ['3']
+  resumed = run_main(workdir, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from checkpoint at step 3' in resumed.stderr
+  want = json.loads((reference / 'summary.json').read_text())
+  got = json.loads((workdir / 'summary.json').read_text())
+  for key in ('models', 'groups', 'diverged', 'total_steps', 'forgetting', 'extra_test_sets'):
+    assert got[key] == want[key], key
 
 
 @needs_shared_data

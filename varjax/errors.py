@@ -40,6 +40,12 @@ class TargetError(VarjaxError, ValueError):
   """A compile-only target, topology or compiler plugin that cannot give devices."""
 
 
+class Preempted(VarjaxError):
+  """The run stopped for a preemption notice after saving a checkpoint; rerun to resume."""
+
+  exit_status = 128 + 15  # as a process ended by SIGTERM
+
+
 def one_line(text, limit=500):
   """``text`` with its whitespace runs collapsed, cut at ``limit`` characters.
 
@@ -56,7 +62,8 @@ def describe(error, limit=400):
 
 
 def exit_with_error(error, prog='varjax'):
-  """Prints ``error`` as one line on stderr and exits at once with status 2.
+  """Prints ``error`` as one line on stderr and exits at once with status 2 (143 for
+  ``Preempted``, as a process SIGTERM ended).
 
   At once (``os._exit``): a run stopped by a failed write leaves background
   writers (orbax, TensorBoard) whose exit handlers would print more tracebacks
@@ -68,7 +75,7 @@ def exit_with_error(error, prog='varjax'):
   logging.flush()
   print(f'{prog}: {name}: {one_line(error, limit=2000)}', file=sys.stderr, flush=True)
   sys.stdout.flush()
-  os._exit(2)  # pylint: disable=protected-access
+  os._exit(getattr(error, 'exit_status', 2))  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager

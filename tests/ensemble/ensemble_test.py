@@ -11,50 +11,11 @@ from varjax.training import step as step_lib
 from varjax.models import airbench
 
 from conftest import random_images, tiny_config
-
-NUM_TRAIN = 64
-
-
-DIFFICULTY = {'difficulty.prediction_depth': True, 'difficulty.depth_k': 3,
-              'difficulty.forgetting': True, 'difficulty.forgetting_probe_size': 16}
-
-
-def run(num_models, first_model_id=0, models_per_chunk=1, num_devices=1, **overrides):
-  """Trains a tiny ensemble on random data with every difficulty probe on.
-
-  Returns per-model final variables and evaluation outputs (logits, depth,
-  feature margins and the forgetting records), all host arrays.
-  """
-  config = tiny_config(num_models=num_models, first_model_id=first_model_id,
-                       **{'ensemble.models_per_chunk': models_per_chunk}, **DIFFICULTY,
-                       **overrides)
-  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
-  ens = ensemble.Ensemble(config, NUM_TRAIN, mesh)
-  images, labels = random_images(NUM_TRAIN)
-  kernel = step_lib.whitening_kernel_for(images, config.model)
-  state = ens.init(kernel)
-  for epoch, steps in ens.recipe.epochs():
-    orders = ens.orders(epoch)
-    for s in steps:
-      state, _ = ens.train_step(state, orders, images, labels, s)
-    state = ens.record_forgetting(state, images[:16], labels[:16])
-  support = ens.embeddings(state, jax.numpy.asarray(images[8:24]))
-  outputs = ens.eval_outputs(state, jax.numpy.asarray(images[:8]), labels[:8], support,
-                             labels[8:24])
-  np.testing.assert_array_equal(outputs['logits'], ens.logits(state, images[:8]))
-  outputs['forgetting'] = state['forgetting']
-  final = step_lib.final_variables(state, ens.recipe)
-  return jax.tree.map(np.asarray, final), jax.tree.map(np.asarray, outputs)
-
+from runs import NUM_TRAIN, assert_models_equal, run
 
 @pytest.fixture(scope='module')
 def four_models():
   return run(4, models_per_chunk=2)
-
-
-def assert_models_equal(a, b, a_index, b_index):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x[a_index], y[b_index])
 
 
 def test_models_of_a_larger_ensemble_equal_a_smaller_one(four_models):

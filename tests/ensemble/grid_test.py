@@ -7,7 +7,7 @@ import pytest
 from varjax.config import schema
 from varjax.ensemble import grid as sweep
 from conftest import load_experiment, tiny_config
-from ensemble_test import assert_models_equal, run
+from runs import assert_models_equal, run
 
 
 def sweep_config(**overrides):

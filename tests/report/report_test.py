@@ -12,7 +12,7 @@ from varjax.report import tables as report
 from varjax.report import lenses as report_lenses
 from varjax.report import plots as report_plots
 from conftest import needs_shared_data
-from main_test import run_main
+from runs import run_main
 
 
 @pytest.fixture(scope='module')
