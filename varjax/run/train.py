@@ -94,6 +94,33 @@ def train_and_evaluate(config, workdir, progress_desc=None):
     return write(run, train_metrics, diverged, results, extra, measured)
 
 
+def prepare(config, workdir):
+  """Checks the workdir, loads the data, builds the ensemble and its initial state."""
+  is_writer = jax.process_index() == 0
+  workdir_lib.prepare_workdir(workdir, config, write=is_writer)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('varjax: workdir prepared')
+  dataset = data_lib.load(config.data)
+  ens = ensemble_lib.build(config, len(dataset.train_labels),
+                          num_examples=len(dataset.test_labels))
+  replicated = mesh_lib.replicated(ens.mesh)
+  train_images = jax.device_put(dataset.train_images, replicated)
+  step_images = (train_images if ens.recipe.crop == 'gather'
+                 else ens.step_images(dataset.train_images))
+  train_labels = jax.device_put(dataset.train_labels, replicated)
+  state = ens.init(step_lib.whitening_kernel_for(dataset.train_images, config.model))
+  to_host = evaluate.host_gatherer(ens.mesh)
+  context = measurements_lib.Context(config, ens, train_images, train_labels, to_host)
+  run = Run(config, workdir, is_writer, dataset, ens, state, train_images, train_labels,
+            to_host, measurements_lib.enabled(context), num_params(ens), step_images)
+  logging.info('%d models x %s params on %d %s device(s), %d per chunk; %d train / %d %s '
+               'images; %d steps of batch %d', ens.num_models, f'{run.num_params:,}',
+               ens.mesh.devices.size, jax.default_backend(), ens.models_per_chunk,
+               len(dataset.train_labels), len(dataset.test_labels), dataset.test_name,
+               ens.recipe.total_steps, ens.recipe.batch_size)
+  return run
+
+
 def platform_info(ens):
   """What ran the run: backend, devices, processes, versions and XLA's flags."""
   return {'backend': jax.default_backend(), 'device_kind': ens.mesh.devices.flat[0].device_kind,
