@@ -62,8 +62,8 @@ def test_smoke_step_fits_has_no_collective_and_real_gradient_kernels(target):
 def test_plan_sizes_a_run_of_some_classes_at_their_share_of_the_test_set(monkeypatch):
   # experiments/binary.py: cat vs dog, 2,000 of the official 10,000 test images.
   seen = []
-  monkeypatch.setattr(plan, 'compile_programs',
-                      lambda config, name, names, hlo_dir: seen.append(name) or [])
+  monkeypatch.setattr(plan, '_compile',
+                      lambda target, ens, names, hlo_dir: seen.append(target.name) or [])
   config = tiny_config(**{'data.classes': (3, 5), 'data.test_split': 'test'})
   assert list(plan.plan(config, ['h100'], ('eval_outputs',))) == [] and seen == ['h100']
   assert plan.data.split_sizes(config.data) == (min(10_000, config.data.train_size), 2_000)

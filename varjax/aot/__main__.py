@@ -27,6 +27,13 @@ line per (target, program):
   ``frozen_roofline_step_s``); collectives (count)
   and collectives_by_kind; kernels (convolutions by kind, fusions, custom calls).
 
+After a target's programs, when all four a run executes were compiled, one
+record with program 'run' (``aot/run_bound.py``): compile seconds per program
+on this machine, checkpoint bytes per save, the run-level bound (compiles +
+training steps + one evaluation pass) and its runs per hour beside the
+training-only one, and how many runs sharing one compile bring compiles under
+10% of the time.
+
 Needs the compiler plugins: ``pip install -e '.[aot]'``. Nothing is placed on a
 device and no data is read; the host's own JAX backend is the CPU.
 """

@@ -21,6 +21,7 @@ from varjax import data
 from varjax import ensemble as ensemble_lib
 from varjax import errors
 from varjax.aot import hlo_stats
+from varjax.aot import run_bound
 from varjax.aot import targets
 from varjax.config import schema
 from varjax.ensemble import abstract
@@ -146,7 +147,10 @@ def describe(target, ens, program, compiled, compile_s, frozen_roofline=None):
 def plan(config, target_names, names=abstract.PROGRAMS, hlo_dir=None):
   """Yields the records (JSON) of ``names`` compiled for each target, after checking every input.
 
-  A bad config, program or target name fails (ConfigError, TargetError) before any compile.
+  After a target's programs comes its run-level record (aot/run_bound.py:
+  compiles, checkpoint bytes, the bound with the fixed costs) when ``names``
+  holds every program a run executes. A bad config, program or target name
+  fails (ConfigError, TargetError) before any compile.
   """
   schema.check(config)
   for program in names:
@@ -155,15 +159,26 @@ def plan(config, target_names, names=abstract.PROGRAMS, hlo_dir=None):
                                f'{abstract.ALL_PROGRAMS}.')
   for name in target_names:
     targets.get(name)
+  _, num_test = data.split_sizes(config.data)
   for name in target_names:
-    for record in compile_programs(config, name, names, hlo_dir):
-      yield record.to_json()
+    target, ens = build(config, name)
+    records = []
+    for record in _compile(target, ens, names, hlo_dir):
+      records.append(record.to_json())
+      yield records[-1]
+    bound = run_bound.run_record(records, ens, target, num_test)
+    if bound is not None:
+      yield bound
 
 
 def compile_programs(config, target_name, names=abstract.PROGRAMS, hlo_dir=None):
   """Yields the PlanRecord of every program ``names`` of ``config`` compiled for ``target_name``."""
   target, ens = build(config, target_name)
-  _, num_test = data.split_sizes(config.data)
+  yield from _compile(target, ens, names, hlo_dir)
+
+
+def _compile(target, ens, names, hlo_dir):
+  _, num_test = data.split_sizes(ens.config.data)
   for program in names:
     compiled = abstract.compile(ens, program, num_examples=num_test)
     # Its compile time, whether the chunk fit compiled it already or this did.
