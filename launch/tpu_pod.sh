@@ -27,8 +27,10 @@
 #   JAX_VERSION (0.10.2)  jax (and, through jax[tpu], its libtpu) on the workers: the
 #              version varjax was last tested with; empty: the newest
 #   BUCKET     GCS bucket (no gs://) that holds the runs
-#   WORKDIR (gs://$BUCKET/varjax/$RUN_NAME): passed to varjax as is; orbax writes
-#              checkpoints to gs:// itself, and every worker must see the same workdir
+#   WORKDIR (varjax_runs/$RUN_NAME)  the run's outputs on each worker's disk (relative: to
+#              the home directory); worker 0 writes them, 'fetch' copies them here
+#   CHECKPOINT_DIR (gs://$BUCKET/varjax/$RUN_NAME/checkpoints)  where every worker writes its
+#              shards of each checkpoint: one place all workers see; orbax writes gs:// itself
 #   RUN_NAME (airbench94)  CONFIG (experiments/airbench.py)
 #   EXTRA_FLAGS ('')  more varjax flags, split on spaces (--config.num_models=1024 ...)
 #   DATA_GCS   gs:// directory holding the CIFAR-10 binary files (data_batch_1.bin ...
@@ -40,6 +42,7 @@
 #              home directory)
 #   VENV (varjax-venv)  the venv on each worker (relative: to the home directory)
 #   WORKER (0)  the worker whose log 'logs' follows
+#   FETCH_TO (.)  where 'fetch' puts worker 0's workdir
 #   DRY_RUN=1  print the gcloud commands instead of running them
 set -euo pipefail
 
@@ -55,7 +58,8 @@ PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 JAX_VERSION=${JAX_VERSION-0.10.2}
 BUCKET=${BUCKET:-}
 RUN_NAME=${RUN_NAME:-airbench94}
-WORKDIR=${WORKDIR:-${BUCKET:+gs://$BUCKET/varjax/$RUN_NAME}}
+WORKDIR=${WORKDIR:-varjax_runs/$RUN_NAME}
+CHECKPOINT_DIR=${CHECKPOINT_DIR:-${BUCKET:+gs://$BUCKET/varjax/$RUN_NAME/checkpoints}}
 CONFIG=${CONFIG:-experiments/airbench.py}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 DATA_GCS=${DATA_GCS:-}
@@ -64,7 +68,7 @@ VENV=${VENV:-varjax-venv}
 WORKER=${WORKER:-0}
 
 usage() {
-  echo "usage: $0 create|install|check|prepare|run|logs|status|stop|delete" \
+  echo "usage: $0 create|install|check|prepare|run|fetch|logs|status|stop|delete" \
        "(settings: see the top of this file)" >&2
   exit 2
 }
@@ -245,8 +249,13 @@ run_script() {
   local extra_flags
   read -ra extra_flags <<<"$EXTRA_FLAGS"
   preamble
-  echo "varjax_args=($(quoted --config="$CONFIG" --workdir="$WORKDIR" --distributed \
-                       "${extra_flags[@]}"))"
+  printf 'workdir=%q\n' "$WORKDIR"
+  echo "varjax_args=($(quoted --config="$CONFIG" --distributed \
+                       --config.checkpoint.directory="$CHECKPOINT_DIR" "${extra_flags[@]}"))"
+  cat <<'REMOTE'
+case "$workdir" in /*) ;; *) workdir=$HOME/$workdir ;; esac
+varjax_args+=(--workdir="$workdir")
+REMOTE
   cat <<'REMOTE'
 if group=$(running_group); then
   echo "$(hostname): $run_name is still running (process group $group): stop it first" >&2
@@ -342,12 +351,19 @@ case "${1:-}" in
     on_workers all "$(prepare_script)"
     ;;
   run)
-    [[ -n "$WORKDIR" ]] || fail "set BUCKET (the workdir is gs://\$BUCKET/varjax/\$RUN_NAME) or WORKDIR"
-    if [[ "$WORKDIR" != gs://* ]]; then
-      echo "$0: warning: WORKDIR=$WORKDIR is not a gs:// path; every worker must see the" \
-           "same directory (checkpoint shards of all workers go there)" >&2
+    [[ -n "$CHECKPOINT_DIR" ]] ||
+      fail "set BUCKET (checkpoints go to gs://\$BUCKET/varjax/\$RUN_NAME/checkpoints) or CHECKPOINT_DIR"
+    [[ "$WORKDIR" != gs://* ]] ||
+      fail "WORKDIR=$WORKDIR: the workdir is each worker's local directory; put checkpoints on gs:// with CHECKPOINT_DIR"
+    if [[ "$CHECKPOINT_DIR" != gs://* ]]; then
+      echo "$0: warning: CHECKPOINT_DIR=$CHECKPOINT_DIR is not a gs:// path; every worker must" \
+           "see the same directory (checkpoint shards of all workers go there)" >&2
     fi
     on_workers all "$(run_script)"
+    ;;
+  fetch)
+    run gcloud compute tpus tpu-vm scp --zone "$ZONE" "${project_flags[@]}" --worker=0 \
+      --recurse "$TPU_NAME:$WORKDIR" "${FETCH_TO:-.}"
     ;;
   logs) on_workers "$WORKER" "$(logs_script)" ;;
   status) on_workers all "$(status_script)" ;;

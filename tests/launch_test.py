@@ -24,7 +24,8 @@ SETTINGS = ('NODES', 'GPUS_PER_NODE', 'CPUS_PER_TASK', 'PARTITION', 'TIME', 'SBA
             'RUN_NAME', 'CONFIG', 'EXTRA_FLAGS', 'WORKDIR', 'VENV', 'XLA_FLAGS', 'TPU_NAME',
             'ZONE', 'PROJECT', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'CREATE_ARGS',
             'REPO_URL', 'REPO_REF', 'PYTHON_VERSION', 'BUCKET', 'DATA_GCS', 'LOCAL_DATA_DIR',
-            'WORKER', 'DRY_RUN', 'VARJAX_DATA_DIR', 'TFDS_DATA_DIR')
+            'WORKER', 'DRY_RUN', 'VARJAX_DATA_DIR', 'TFDS_DATA_DIR', 'CHECKPOINT_DIR',
+            'FETCH_TO')
 TPU_ENV = {'TPU_NAME': 'pod1', 'ZONE': 'z1', 'ACCELERATOR_TYPE': 'v4-32', 'BUCKET': 'b1',
            'CONFIG': 'experiments/lr_sweep.py', 'RUN_NAME': 'lr'}
 WORKER_SUBCOMMANDS = ('install', 'check', 'prepare', 'run', 'logs', 'status', 'stop')
@@ -237,23 +238,36 @@ def test_tpu_prepare_puts_cifar10_on_each_workers_disk():
   assert bad.returncode == 2 and 'gs://' in bad.stderr
 
 
-def test_tpu_run_is_detached_logs_on_the_host_and_writes_to_gs():
+def test_tpu_run_is_detached_logs_on_the_host_and_checkpoints_to_gs():
   out = dry_run('tpu_pod.sh', 'run', EXTRA_FLAGS='--config.num_models=1024', **TPU_ENV)
   assert out.startswith("gcloud compute tpus tpu-vm ssh pod1 --zone z1 --worker=all "
                         "--command \"$(cat <<'REMOTE'\n")
   script = worker_script(out)
   assert 'run_name=lr\n' in script and 'log=$HOME/varjax_$run_name.log' in script
-  assert ('varjax_args=(--config=experiments/lr_sweep.py --workdir=gs://b1/varjax/lr '
-          '--distributed --config.num_models=1024)') in script
+  assert ('varjax_args=(--config=experiments/lr_sweep.py --distributed '
+          '--config.checkpoint.directory=gs://b1/varjax/lr/checkpoints '
+          '--config.num_models=1024)') in script
+  # The workdir is each worker's own disk (relative: to its home directory).
+  assert 'workdir=varjax_runs/lr\n' in script
+  assert 'workdir=$HOME/$workdir' in script and 'varjax_args+=(--workdir="$workdir")' in script
   assert re.search(r'setsid nohup bash -c .*"\$venv/bin/python" -m varjax\.main '
                    r'"\$\{varjax_args\[@\]\}" \\\n  >>"\$log" 2>&1 </dev/null &', script, re.S)
   # The data is read from the worker's disk, never from the bucket.
   assert 'export TFDS_DATA_DIR=$data_dir' in script and 'TFDS_DATA_DIR=gs' not in script
-  own = worker_script(dry_run('tpu_pod.sh', 'run', WORKDIR='gs://other/runs/x', **TPU_ENV))
-  assert '--workdir=gs://other/runs/x' in own
+  own = worker_script(dry_run('tpu_pod.sh', 'run', CHECKPOINT_DIR='gs://other/runs/x',
+                              WORKDIR='/mnt/disk/x', **TPU_ENV))
+  assert '--config.checkpoint.directory=gs://other/runs/x' in own and 'workdir=/mnt/disk/x' in own
   no_bucket = launch('tpu_pod.sh', 'run', check=False, DRY_RUN='1',
                      **{k: v for k, v in TPU_ENV.items() if k != 'BUCKET'})
   assert no_bucket.returncode == 2 and 'BUCKET' in no_bucket.stderr
+  remote = launch('tpu_pod.sh', 'run', check=False, DRY_RUN='1', WORKDIR='gs://b1/w', **TPU_ENV)
+  assert remote.returncode == 2 and 'CHECKPOINT_DIR' in remote.stderr
+
+
+def test_tpu_fetch_copies_worker_zeros_workdir():
+  out = dry_run('tpu_pod.sh', 'fetch', FETCH_TO='/tmp/r', **TPU_ENV)
+  assert out == ('gcloud compute tpus tpu-vm scp --zone z1 --worker=0 --recurse '
+                 'pod1:varjax_runs/lr /tmp/r\n')
 
 
 def test_tpu_logs_status_stop_delete():
@@ -386,8 +400,9 @@ def test_prepare_run_status_stop_on_a_fake_worker(fake_worker):
   log = home / 'varjax_lr.log'
   _wait_for(lambda: log.exists() and 'VARJAX_DATA_DIR=' in log.read_text())
   text = log.read_text()
-  assert ('args: -m varjax.main --config=experiments/lr_sweep.py --workdir=gs://b1/varjax/lr '
-          '--distributed') in text
+  assert ('args: -m varjax.main --config=experiments/lr_sweep.py --distributed '
+          '--config.checkpoint.directory=gs://b1/varjax/lr/checkpoints '
+          f'--workdir={home}/varjax_runs/lr') in text
   assert f'VARJAX_DATA_DIR={data} TFDS_DATA_DIR= PWD={home / "varjax"}' in text
   group = int((home / 'varjax_lr.pid').read_text())
   assert os.getpgid(group) == group

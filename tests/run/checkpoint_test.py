@@ -238,3 +238,9 @@ def test_storage_errors_are_one_line_naming_the_last_checkpoint(tmp_path):
   assert 'No space left on device' in message and 'metrics.jsonl' in message
   assert f"{tmp_path / 'checkpoints' / '7'}, is intact" in message and '\n' not in message
   assert checkpoint.storage_error_message(FileNotFoundError(errno.ENOENT, 'x'), '.') is None
+
+
+def test_a_remote_workdir_is_refused_in_one_line_naming_checkpoint_directory():
+  with pytest.raises(errors.WorkdirError) as e:
+    workdir_lib.prepare_workdir('gs://bucket/run', tiny_config())
+  assert '\n' not in str(e.value) and 'checkpoint.directory' in str(e.value)

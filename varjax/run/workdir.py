@@ -26,7 +26,13 @@ def prepare_workdir(workdir, config, write=True):
   A finished run is kept unless ``config.overwrite`` (which also drops its
   checkpoints); checkpoints of a stopped run must come from the same config.
   Every process checks (so all raise the same error); only ``write`` ones write.
+  The workdir is local (metrics and TensorBoard events are appended to files);
+  checkpoints may go to an object store through ``checkpoint.directory``.
   """
+  if files.is_remote(workdir):
+    raise WorkdirError(
+        f'--workdir={workdir}: the workdir must be a local directory (its metrics are appended '
+        'to files); put checkpoints on the object store with --config.checkpoint.directory.')
   summary_path = os.path.join(workdir, summary.SUMMARY_FILE)
   config_path = os.path.join(workdir, CONFIG_FILE)
   checkpoints = checkpoint.checkpoint_dir(workdir, config)
